@@ -1,0 +1,3 @@
+from l2v_cli.cli.main import run
+
+run()

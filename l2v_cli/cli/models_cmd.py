@@ -1,0 +1,5 @@
+"""Placeholder until this command is built."""
+
+
+def register(app) -> None:
+    pass

@@ -1,0 +1,448 @@
+"""Typed recipe schema: one dataclass per section, every field with a default and help text.
+
+`build(base, data)` applies a plain dict (from YAML) onto a dataclass instance, checking types
+from the annotations; `validate(recipe)` checks ranges (from field metadata) and the rules that
+span fields (stage order, required data). Both raise `L2VError` naming the key path.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import types
+import typing
+from dataclasses import dataclass, field
+from typing import Any, Callable, Literal, NamedTuple, Optional, Union
+
+from l2v_cli.errors import L2VError, closest, did_you_mean
+
+STAGES = ("enable-bidir", "train-mntp", "train-simcse", "train-supervised", "export", "eval")
+TRAIN_STAGES = ("train-mntp", "train-simcse", "train-supervised")
+
+Stage = Literal["enable-bidir", "train-mntp", "train-simcse", "train-supervised", "export", "eval"]
+Pooling = Literal["mean", "weighted_mean", "last_token", "eos", "bos"]
+Scheduler = Literal["linear", "cosine", "constant", "constant_with_warmup"]
+DataFormat = Literal["auto", "txt", "jsonl", "csv", "parquet", "hub", "e5", "triplets"]
+
+
+def opt(default: Any, help: str, **bounds: float) -> Any:
+    """A field with help text; bounds (gt/ge/lt/le) are checked by `validate`.
+
+    Mutable defaults (lists, dicts, sections) are given as zero-arg callables."""
+    meta = {"help": help, **bounds}
+    if callable(default):
+        return field(default_factory=default, metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+# --------------------------------------------------------------------------- shared sections
+
+
+@dataclass
+class LoraConfig:
+    r: int = opt(16, "LoRA rank.", gt=0)
+    alpha: int = opt(32, "LoRA alpha (scaling = alpha / r).", gt=0)
+    dropout: float = opt(0.05, "Dropout on the LoRA branch.", ge=0, lt=1)
+    target_modules: list[str] = opt(
+        lambda: ["all-linear"],
+        "Module names (suffixes) that get LoRA adapters; ['all-linear'] = every attention and "
+        "MLP projection of any architecture (the paper's seven on Llama; fused qkv/gate_up on Phi-3).",
+    )
+
+
+@dataclass
+class TrainConfig:
+    """The trainer spine shared by the three training stages."""
+
+    max_steps: int = opt(1000, "Optimizer steps.", gt=0)
+    per_device_batch_size: int = opt(32, "Examples per device per micro-batch.", gt=0)
+    gradient_accumulation_steps: int = opt(1, "Micro-batches per optimizer step.", gt=0)
+    learning_rate: float = opt(5e-5, "Peak learning rate.", gt=0)
+    warmup_steps: int = opt(0, "Linear warmup steps.", ge=0)
+    lr_scheduler: Scheduler = opt("linear", "Learning-rate schedule after warmup.")
+    weight_decay: float = opt(0.0, "AdamW weight decay.", ge=0)
+    max_grad_norm: float = opt(1.0, "Gradient clipping norm (0 = off).", ge=0)
+    gradient_checkpointing: bool = opt(True, "Recompute activations to save memory.")
+    save_steps: int = opt(200, "Save a checkpoint every N steps.", gt=0)
+    save_total_limit: int = opt(2, "Keep at most N checkpoints (older ones are deleted).", gt=0)
+    logging_steps: int = opt(10, "Log loss / lr every N steps.", gt=0)
+    seed: int = opt(42, "Seed for data order and dropout in this stage.")
+    dataloader_num_workers: int = opt(0, "DataLoader worker processes (0 = main process).", ge=0)
+
+
+@dataclass
+class DataConfig:
+    path: Optional[Union[str, list[str]]] = opt(
+        None,
+        "Local .txt/.jsonl/.csv/.parquet file, a directory, or a hub dataset ('owner/name' or "
+        "'name:config'); a list mixes several. Relative paths resolve against the shipped data.",
+    )
+    text_column: str = opt("text", "Column holding the text (jsonl/csv/parquet/hub).")
+    split: str = opt("train", "Split to read from a hub dataset.")
+    max_samples: Optional[int] = opt(None, "Use at most N examples (null = all).", gt=0)
+    format: DataFormat = opt("auto", "Input format; auto = from the file extension / hub name.")
+
+
+# --------------------------------------------------------------------------- stage sections
+
+
+@dataclass
+class BidirConfig:
+    attn_implementation: Literal["sdpa", "eager", "flash_attention_2", "auto"] = opt(
+        "sdpa", "Attention kernel used with the bidirectional (non-causal) mask."
+    )
+    verify: bool = opt(True, "Run the bidirectionality probe after patching (fails loudly).")
+
+
+@dataclass
+class MntpConfig:
+    data: DataConfig = opt(DataConfig, "Raw text for masked next-token prediction.")
+    max_seq_length: int = opt(512, "Tokens per training sequence.", gt=0)
+    mask_token: str = opt(
+        "auto",
+        "auto = family default from the model alias; '_' or 'eos' reuse a token; 'mask' adds a "
+        "new mask token; anything else is used as a literal token string.",
+    )
+    mask_probability: float = opt(0.2, "Fraction of tokens masked.", gt=0, lt=1)
+    mask_strategy: Literal["80-10-10", "all"] = opt(
+        "80-10-10", "80-10-10 = BERT-style mask/random/keep; all = always the mask token."
+    )
+    lora: LoraConfig = opt(LoraConfig, "LoRA adapter trained in this stage.")
+    train: TrainConfig = opt(
+        lambda: TrainConfig(max_steps=1000, per_device_batch_size=32, learning_rate=5e-5),
+        "Trainer settings.",
+    )
+
+
+@dataclass
+class SimcseConfig:
+    data: DataConfig = opt(DataConfig, "Sentences for unsupervised SimCSE (one per example).")
+    max_seq_length: int = opt(128, "Tokens per sentence.", gt=0)
+    pooling: Pooling = opt("mean", "How token states become one embedding.")
+    attention_dropout: float = opt(
+        0.3, "Attention dropout; two dropout masks make the positive pair.", ge=0, lt=1
+    )
+    scale: float = opt(20.0, "Logit scale (1 / temperature) of the InfoNCE loss.", gt=0)
+    gather_across_processes: bool = opt(True, "Use other processes' embeddings as negatives.")
+    grad_cache_chunk_size: int = opt(0, "GradCache chunk size for huge batches (0 = off).", ge=0)
+    lora: LoraConfig = opt(LoraConfig, "LoRA adapter trained in this stage.")
+    train: TrainConfig = opt(
+        lambda: TrainConfig(max_steps=1000, per_device_batch_size=128, learning_rate=3e-5),
+        "Trainer settings.",
+    )
+
+
+@dataclass
+class SupervisedConfig:
+    data: DataConfig = opt(
+        DataConfig,
+        "An E5-style directory (one jsonl per dataset) or one triplet file "
+        "(query/positive/negative).",
+    )
+    instructions: Optional[Union[str, dict[str, str]]] = opt(
+        None, "Path to a json mapping dataset name -> instruction, or that mapping inline."
+    )
+    max_seq_length: int = opt(512, "Tokens per query / document.", gt=0)
+    pooling: Pooling = opt("mean", "How token states become one embedding.")
+    scale: float = opt(50.0, "Logit scale (1 / temperature) of the contrastive loss.", gt=0)
+    mask_false_negatives: bool = opt(True, "Drop in-batch negatives identical to the positive.")
+    one_dataset_per_batch: bool = opt(True, "Draw each batch from a single dataset.")
+    gather_across_processes: bool = opt(True, "Use other processes' embeddings as negatives.")
+    grad_cache_chunk_size: int = opt(0, "GradCache chunk size for huge batches (0 = off).", ge=0)
+    lora: LoraConfig = opt(LoraConfig, "LoRA adapter trained in this stage.")
+    train: TrainConfig = opt(
+        lambda: TrainConfig(
+            max_steps=1000, per_device_batch_size=64, learning_rate=2e-4, warmup_steps=300
+        ),
+        "Trainer settings.",
+    )
+
+
+@dataclass
+class ExportConfig:
+    dtype: Literal["bfloat16", "float16", "float32"] = opt("bfloat16", "Weight dtype on disk.")
+    pooling: Pooling = opt("mean", "Pooling written to the sentence-transformers config.")
+    normalize: bool = opt(True, "Add an L2-normalize module (cosine = dot product).")
+    max_shard_size: str = opt("5GB", "Largest safetensors shard.")
+    query_instruction: Optional[str] = opt(None, "Prompt prepended to queries (null = none).")
+    document_instruction: Optional[str] = opt(None, "Prompt prepended to documents (null = none).")
+
+
+@dataclass
+class EvalConfig:
+    tasks: list[str] = opt(list, "Evaluation tasks, e.g. [stsb, scifact] ([] = the default set).")
+    batch_size: int = opt(32, "Texts per encoding batch.", gt=0)
+    max_length: int = opt(512, "Truncate texts to this many tokens.", gt=0)
+    cache: bool = opt(True, "Reuse cached embeddings / results.")
+
+
+@dataclass
+class LauncherConfig:
+    launcher: Literal["none", "torchrun", "deepspeed"] = opt(
+        "none", "How training processes start (none = this process)."
+    )
+    gpus: int = opt(1, "Processes per node (CPU processes over gloo where there is no CUDA).", gt=0)
+    nodes: int = opt(1, "Number of nodes.", gt=0)
+    hostfile: Optional[str] = opt(None, "Hostfile for multi-node runs.")
+    deepspeed: Optional[str] = opt(None, "null, zero2, zero3, or a path to a DeepSpeed .json.")
+    master_port: int = opt(29500, "Rendezvous port.", gt=0, le=65535)
+
+
+@dataclass
+class Recipe:
+    name: str = opt("", "Recipe name (defaults to the file name).")
+    description: str = opt("", "One line shown by `l2v recipes list`.")
+    model: Optional[str] = opt(
+        None, "Model alias (e.g. smollm2-135m), path or hub id; null = give it on the command line."
+    )
+    seed: int = opt(42, "Global seed.")
+    dtype: Literal["auto", "bfloat16", "float32", "float16"] = opt(
+        "auto", "Compute dtype; auto = bfloat16 where the hardware supports it, else float32."
+    )
+    stages: list[Stage] = opt(list, "Stages to run, in this order: " + " < ".join(STAGES) + ".")
+    bidir: BidirConfig = opt(BidirConfig, "enable-bidir: switch attention to bidirectional.")
+    mntp: MntpConfig = opt(MntpConfig, "train-mntp: masked next-token prediction with LoRA.")
+    simcse: SimcseConfig = opt(SimcseConfig, "train-simcse: unsupervised SimCSE.")
+    supervised: SupervisedConfig = opt(SupervisedConfig, "train-supervised: contrastive.")
+    export: ExportConfig = opt(ExportConfig, "export: sentence-transformers folder.")
+    eval: EvalConfig = opt(EvalConfig, "eval: embedding benchmarks.")
+    launcher: LauncherConfig = opt(LauncherConfig, "Multi-process / multi-node launch.")
+
+
+# --------------------------------------------------------------------------- type walker
+
+Locate = Callable[[str], Optional[str]]  # key path -> "file:line" or "override 'k=v'" (or None)
+
+
+def type_name(tp: Any) -> str:
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin is Literal:
+        return "|".join(str(a) for a in args)
+    if origin in (Union, types.UnionType):
+        return " | ".join("null" if a is type(None) else type_name(a) for a in args)
+    if origin in (list, dict):
+        return f"{origin.__name__}[{', '.join(type_name(a) for a in args)}]"
+    return getattr(tp, "__name__", str(tp))
+
+
+_FLOAT_FIX = "give a number, e.g. 0.5 or 3e-5"
+
+
+class _Mismatch(Exception):
+    """A value does not fit its type; `path` is the innermost key that failed."""
+
+    def __init__(self, path: str, expected: str, got: Any, hint: str | None = None):
+        self.path, self.expected, self.got, self.hint = path, expected, got, hint
+
+
+def _convert(tp: Any, value: Any, path: str, base: Any, locate: Locate | None) -> Any:
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if dataclasses.is_dataclass(tp):
+        if value is None:  # an empty YAML section (`eval:`) keeps the defaults
+            return base
+        if not isinstance(value, dict):
+            raise _Mismatch(path, "a mapping (section)", value)
+        return build(base, value, path, locate)
+    if origin in (Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for alt in (a for a in args if a is not type(None)):
+            try:
+                return _convert(alt, value, path, None, locate)
+            except _Mismatch as e:
+                errors.append(e)
+        deeper = [e for e in errors if e.path != path]  # e.g. one bad element inside a list
+        if deeper:
+            raise deeper[0]
+        raise _Mismatch(path, type_name(tp), value)
+    if origin is Literal:
+        if isinstance(value, bool) or value not in args:
+            hint = did_you_mean(value, [str(a) for a in args]) if isinstance(value, str) else None
+            raise _Mismatch(path, "one of " + ", ".join(map(str, args)), value, hint)
+        return value
+    if origin is list:
+        if not isinstance(value, list):
+            raise _Mismatch(path, f"a list ({type_name(tp)}), e.g. [a, b]", value)
+        return [_convert(args[0], v, f"{path}[{i}]", None, locate) for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise _Mismatch(path, f"a mapping ({type_name(tp)})", value)
+        return {
+            _convert(args[0], k, f"{path}.{k}", None, locate): _convert(
+                args[1], v, f"{path}.{k}", None, locate
+            )
+            for k, v in value.items()
+        }
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise _Mismatch(path, "bool", value, "give true or false")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):  # bool is an int subclass
+            raise _Mismatch(path, "int", value, "give a whole number, e.g. 100")
+        return value
+    if tp is float:
+        # ints are fine; PyYAML reads "1e-4" (no dot) as a string, so numeric strings are too.
+        if isinstance(value, bool):
+            raise _Mismatch(path, "float", value, _FLOAT_FIX)
+        if isinstance(value, int):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                value = float(value)
+            except ValueError:
+                raise _Mismatch(path, "float", value, _FLOAT_FIX) from None
+        if not isinstance(value, float) or not math.isfinite(value):
+            raise _Mismatch(path, "float", value, _FLOAT_FIX)
+        return value
+    if tp is str:
+        if not isinstance(value, str):
+            raise _Mismatch(path, "string", value, f"quote it: '{value}'")
+        return value
+    raise TypeError(f"schema: unsupported annotation {tp!r} at {path}")
+
+
+def where(path: str, locate: Locate | None) -> str:
+    loc = locate(path) if locate else None
+    return f"{loc}, key {path}" if loc else f"key {path}"
+
+
+def build(base: Any, data: dict, prefix: str = "", locate: Locate | None = None) -> Any:
+    """A copy of dataclass instance `base` with `data` (a plain dict) applied, type-checked.
+
+    Starting from an instance (not the class) keeps per-section defaults, e.g. mntp.train's
+    batch size 32, when the YAML sets only some keys of that section."""
+    names = [f.name for f in dataclasses.fields(base)]
+    hints = typing.get_type_hints(type(base))
+    updates = {}
+    for key, value in data.items():
+        path = f"{prefix}.{key}" if prefix else str(key)
+        if key not in names:
+            near = closest(str(key), names)
+            dot = f"{prefix}." if prefix else ""
+            fix = (
+                "did you mean " + " or ".join(f"'{dot}{n}'" for n in near) + "?"
+                if near
+                else f"valid keys{' under ' + prefix if prefix else ''}: " + ", ".join(names)
+            )
+            raise L2VError(f"unknown key '{path}'", where(path, locate), fix)
+        try:
+            updates[key] = _convert(hints[key], value, path, getattr(base, key), locate)
+        except _Mismatch as e:
+            raise L2VError(
+                f"wrong type for '{e.path}': expected {e.expected}, got {e.got!r}",
+                where(e.path, locate),
+                e.hint or f"give {e.expected}",
+            ) from None
+    return dataclasses.replace(base, **updates)
+
+
+# --------------------------------------------------------------------------- validation
+
+_OPS = {
+    "gt": (lambda v, b: v > b, ">"),
+    "ge": (lambda v, b: v >= b, ">="),
+    "lt": (lambda v, b: v < b, "<"),
+    "le": (lambda v, b: v <= b, "<="),
+}
+
+
+def _range_text(meta: Any) -> str:
+    return " and ".join(f"{_OPS[k][1]} {meta[k]}" for k in _OPS if k in meta)
+
+
+def _check_bounds(obj: Any, prefix: str, locate: Locate | None) -> None:
+    for f in dataclasses.fields(obj):
+        value, path = getattr(obj, f.name), f"{prefix}.{f.name}" if prefix else f.name
+        if dataclasses.is_dataclass(value):
+            _check_bounds(value, path, locate)
+        elif isinstance(value, (int, float)) and not isinstance(value, bool):
+            for op in (k for k in _OPS if k in f.metadata):
+                if not _OPS[op][0](value, f.metadata[op]):
+                    raise L2VError(
+                        f"'{path}' must be {_range_text(f.metadata)}, got {value!r}",
+                        where(path, locate),
+                        f"set {path} to a value {_range_text(f.metadata)}",
+                    )
+
+
+def validate(recipe: Recipe, locate: Locate | None = None) -> Recipe:
+    """Range checks from field metadata plus the rules that span fields. Returns the recipe."""
+    _check_bounds(recipe, "", locate)
+    stages, at = recipe.stages, where("stages", locate)
+    if not stages:
+        raise L2VError("the recipe runs no stages", at, "list some of: " + ", ".join(STAGES))
+    dup = next((s for i, s in enumerate(stages) if s in stages[:i]), None)
+    if dup:
+        raise L2VError(f"stage '{dup}' is listed twice", at, "list each stage once")
+    ordered = sorted(stages, key=STAGES.index)
+    if stages != ordered:
+        raise L2VError(
+            f"stages are out of order: [{', '.join(stages)}]",
+            at,
+            f"use the order [{', '.join(ordered)}]",
+        )
+    if any(s in TRAIN_STAGES for s in stages) and stages[0] != "enable-bidir":
+        raise L2VError(
+            "training stages need bidirectional attention first: 'enable-bidir' is missing",
+            at,
+            "put 'enable-bidir' first in stages",
+        )
+    for stage in TRAIN_STAGES:
+        section = {"train-mntp": "mntp", "train-simcse": "simcse"}.get(stage, "supervised")
+        if stage in stages and not getattr(recipe, section).data.path:
+            raise L2VError(
+                f"stage '{stage}' needs training data but {section}.data.path is empty",
+                where(f"{section}.data.path", locate),
+                f"add the override {section}.data.path=FILE_DIR_OR_DATASET",
+            )
+    if not recipe.mntp.mask_token:
+        raise L2VError(
+            "mntp.mask_token is empty",
+            where("mntp.mask_token", locate),
+            "use auto, _, eos, mask or a token string",
+        )
+    ds = recipe.launcher.deepspeed
+    if ds is not None and ds not in ("zero2", "zero3") and not ds.endswith(".json"):
+        raise L2VError(
+            f"launcher.deepspeed must be zero2, zero3 or a .json path, got {ds!r}",
+            where("launcher.deepspeed", locate),
+            did_you_mean(ds, ["zero2", "zero3"]),
+        )
+    return recipe
+
+
+# --------------------------------------------------------------------------- documentation
+
+
+class FieldDoc(NamedTuple):
+    key: str
+    type: str
+    default: str
+    help: str
+
+
+def schema_fields(obj: Any = None, prefix: str = "") -> list[FieldDoc]:
+    """Every leaf field: key path, type, default (as written in YAML), help (+ allowed range)."""
+    obj = Recipe() if obj is None else obj
+    hints, rows = typing.get_type_hints(type(obj)), []
+    for f in dataclasses.fields(obj):
+        value, path = getattr(obj, f.name), f"{prefix}.{f.name}" if prefix else f.name
+        if dataclasses.is_dataclass(value):
+            rows += schema_fields(value, path)
+            continue
+        rng = _range_text(f.metadata)
+        help_ = f.metadata.get("help", "") + (f" Must be {rng}." if rng else "")
+        rows.append(FieldDoc(path, type_name(hints[f.name]), _yaml_scalar(value), help_))
+    return rows
+
+
+def _yaml_scalar(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, list):
+        return "[" + ", ".join(map(str, value)) + "]"
+    return '""' if value == "" else str(value)

@@ -1,0 +1,92 @@
+"""Load a model + tokenizer from any MODEL spec, safely, in the dtype and attention mode asked for."""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+from l2v_cli.errors import L2VError
+
+
+@dataclass
+class Loaded:
+    model: object
+    tokenizer: object
+    path: Path  # the local HF folder the weights came from
+    name: str  # what the user typed (alias, path, hub id)
+    alias: object = None  # the ModelAlias, when MODEL was an alias
+
+
+def check_safetensors(path: Path, allow_pickle: bool = False) -> None:
+    """Refuse pickle-only checkpoints: unpickling a downloaded file can run arbitrary code."""
+    if any(path.glob("*.safetensors")) or allow_pickle:
+        return
+    if any(path.glob("*.bin")) or any(path.glob("*.pt")) or any(path.glob("*.pth")):
+        raise L2VError(f"{path} holds only pickle weights (.bin/.pt), which can execute code when loaded",
+                       where=str(path),
+                       fix="convert it to safetensors, or pass --allow-pickle if you trust its source")
+    raise L2VError(f"no model weights (*.safetensors) in {path}", where=str(path),
+                   fix="point MODEL at a Hugging Face model folder, a .gguf file, an alias (`l2v models`) or a hub id")
+
+
+def load_tokenizer(path: Path, trust_remote_code: bool = False):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+    if tok.pad_token is None:  # decoders often ship without one; padding is masked anyway
+        tok.pad_token = tok.eos_token if tok.eos_token is not None else tok.unk_token
+    return tok
+
+
+def load_model(spec: str | Path, *, dtype: str = "float32", attn_implementation: str = "sdpa",
+               bidirectional: bool | None = None, verify: bool = True, lm_head: bool = False,
+               device: str | None = None, trust_remote_code: bool = False,
+               allow_pickle: bool = False) -> Loaded:
+    """Resolve `spec` (folder, .gguf, alias, hub id, tiny-<arch>) and load it.
+
+    bidirectional: None keeps what the saved config says; True enables (and, with `verify`,
+    proves) bidirectional attention; False forces causal attention.
+    lm_head: load the causal-LM head too (MNTP needs it; encoding does not).
+    """
+    import torch
+    from transformers import AutoModel, AutoModelForCausalLM
+
+    from l2v_cli.modeling.bidir import enable_bidirectional, set_bidirectional
+    from l2v_cli.modeling.sources import resolve_model
+    from l2v_cli.utils.device import default_device, resolve_dtype
+
+    src = resolve_model(str(spec), trust_remote_code=trust_remote_code)
+    check_safetensors(src.path, allow_pickle)
+    torch_dtype = resolve_dtype(dtype)
+    cls = AutoModelForCausalLM if lm_head else AutoModel
+    attn = None if attn_implementation == "auto" else attn_implementation
+    kwargs = dict(dtype=torch_dtype, trust_remote_code=trust_remote_code,
+                  use_safetensors=not allow_pickle or any(src.path.glob("*.safetensors")))
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            try:
+                model = cls.from_pretrained(src.path, attn_implementation=attn, **kwargs)
+            except ValueError as e:
+                # Some architectures (e.g. Gemma-2) have no sdpa path: eager is always there.
+                if attn != "sdpa" or "does not support" not in str(e):
+                    raise
+                model = cls.from_pretrained(src.path, attn_implementation="eager", **kwargs)
+    except L2VError:
+        raise
+    except (OSError, ValueError, KeyError) as e:
+        raise L2VError(f"could not load model from {src.path}: {str(e).splitlines()[0]}",
+                       where=str(spec),
+                       fix="check that the folder is a complete Hugging Face model (config.json, "
+                       "*.safetensors, tokenizer files)") from e
+    model.to(device or default_device())
+    model.eval()
+    if bidirectional is True:
+        enable_bidirectional(model, verify=verify)
+    elif bidirectional is False:
+        set_bidirectional(model, False)
+    elif getattr(model.config, "is_causal", True) is False:
+        set_bidirectional(model, True)  # saved as bidirectional: also clear per-module flags
+    tok = load_tokenizer(src.path, trust_remote_code)
+    return Loaded(model=model, tokenizer=tok, path=src.path, name=str(spec), alias=src.alias)
