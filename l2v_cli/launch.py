@@ -1,0 +1,132 @@
+"""Run a training stage in worker processes under torchrun or the DeepSpeed launcher.
+
+Commands are argv lists (never shell strings), printed before they run. The calling CLI process
+never joins the process group: it only starts the launcher and watches it. Without CUDA, N
+"GPUs" means N CPU processes over gloo, so the real distributed path runs on any machine.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import shutil
+import subprocess
+import sys
+from collections import deque
+from dataclasses import dataclass
+from importlib.resources import files
+from pathlib import Path
+
+from l2v_cli.errors import L2VError
+
+WORKER = "l2v_cli.stages.worker"
+
+
+def deepspeed_config(spec: str | None) -> str | None:
+    """'zero2'/'zero3' -> the shipped config file; a path -> itself (checked)."""
+    if spec in (None, "", "none"):
+        return None
+    if spec in ("zero2", "zero3"):
+        return str(files("l2v_cli.configs") / "deepspeed" / f"{spec}.json")
+    if not Path(spec).is_file():
+        raise L2VError(f"DeepSpeed config {spec} not found", where="--deepspeed",
+                       fix="use zero2, zero3 or the path of a DeepSpeed JSON config")
+    return str(Path(spec).resolve())
+
+
+@dataclass
+class Launch:
+    launcher: str = "none"  # none | torchrun | deepspeed
+    gpus: int = 1  # processes per node
+    nodes: int = 1
+    node_rank: int = 0
+    master_addr: str = "127.0.0.1"
+    master_port: int = 29500
+    hostfile: str | None = None
+    deepspeed: str | None = None  # resolved config path
+
+    def distributed(self) -> bool:
+        return self.launcher != "none" or self.gpus > 1 or self.nodes > 1
+
+
+def from_slurm(launch: Launch) -> Launch:
+    """Take node count, rank and master from SLURM's environment when the user gave none."""
+    env = os.environ
+    if "SLURM_JOB_NUM_NODES" in env and launch.nodes == 1:
+        launch.nodes = int(env["SLURM_JOB_NUM_NODES"])
+        launch.node_rank = int(env.get("SLURM_NODEID", "0"))
+        nodelist = env.get("SLURM_JOB_NODELIST", "")
+        if nodelist and shutil.which("scontrol"):
+            out = subprocess.run(["scontrol", "show", "hostnames", nodelist], capture_output=True, text=True)
+            if out.returncode == 0 and out.stdout.split():
+                launch.master_addr = out.stdout.split()[0]
+    return launch
+
+
+def check_launch(launch: Launch) -> None:
+    import torch
+
+    if launch.gpus < 1 or launch.nodes < 1:
+        raise L2VError(f"--gpus and --nodes must be >= 1 (got {launch.gpus}, {launch.nodes})",
+                       where="launcher", fix="e.g. --gpus 8")
+    if torch.cuda.is_available() and launch.gpus > torch.cuda.device_count():
+        raise L2VError(f"--gpus {launch.gpus} but this machine has {torch.cuda.device_count()} CUDA devices",
+                       where="--gpus", fix=f"use --gpus {torch.cuda.device_count()} or fewer")
+    if launch.hostfile and not Path(launch.hostfile).is_file():
+        raise L2VError(f"hostfile {launch.hostfile} not found", where="--hostfile",
+                       fix="give a DeepSpeed-style hostfile ('host slots=N' per line)")
+    if launch.launcher == "deepspeed" and not shutil.which("deepspeed"):
+        raise L2VError("the deepspeed launcher is not installed", where="--launcher deepspeed",
+                       fix="pip install 'l2v[deepspeed]' (or use --launcher torchrun)")
+
+
+def build_argv(launch: Launch, worker_args: list[str]) -> list[str]:
+    """The exact command that starts the workers."""
+    if not launch.distributed():
+        return [sys.executable, "-m", WORKER, *worker_args]
+    if launch.launcher == "deepspeed":
+        argv = [shutil.which("deepspeed") or "deepspeed", "--num_gpus", str(launch.gpus),
+                "--master_port", str(launch.master_port), "--no_local_rank"]
+        if launch.hostfile:
+            argv += ["--hostfile", launch.hostfile, "--num_nodes", str(launch.nodes)]
+        elif launch.nodes > 1:  # no ssh: one launcher per node, as torchrun does
+            argv += ["--no_ssh", "--num_nodes", str(launch.nodes), "--node_rank", str(launch.node_rank),
+                     "--master_addr", launch.master_addr]
+        return argv + ["--module", WORKER, *worker_args]
+    argv = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(launch.gpus),
+            "--nnodes", str(launch.nodes), "--node_rank", str(launch.node_rank),
+            "--master_addr", launch.master_addr, "--master_port", str(launch.master_port)]
+    return argv + ["-m", WORKER, *worker_args]
+
+
+def child_env() -> dict:
+    env = dict(os.environ)
+    # Each CPU worker gets its share of the cores instead of all of them (oversubscription is slow).
+    env.setdefault("OMP_NUM_THREADS", "1")
+    env.setdefault("TOKENIZERS_PARALLELISM", "false")
+    return env
+
+
+def run(argv: list[str], log_path: Path, echo=print) -> None:
+    """Run the launcher, tee its output to `log_path`; on failure raise with the child's last error."""
+    echo(f"$ {shlex.join(argv)}")
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    tail: deque[str] = deque(maxlen=40)
+    with open(log_path, "a") as log:
+        proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                env=child_env(), bufsize=1, errors="replace")
+        try:
+            for line in proc.stdout:
+                sys.stderr.write(line)
+                log.write(line)
+                tail.append(line.rstrip("\n"))
+            code = proc.wait()
+        except KeyboardInterrupt:
+            proc.terminate()
+            proc.wait(timeout=60)
+            raise
+    if code != 0:
+        errors = [l for l in tail if "l2v: error:" in l] or [l for l in tail if l.strip()][-3:]
+        first = errors[0].split("l2v: error:", 1)[-1].strip() if errors else f"exit code {code}"
+        raise L2VError(f"stage failed: {first}", where=f"full log: {log_path}",
+                       fix="fix the cause above and rerun the same command; it resumes from the last checkpoint")

@@ -1,0 +1,113 @@
+"""What every training stage shares: its input chain, its folder layout, and how it finishes.
+
+A training stage folder holds:
+  config.yaml        the resolved recipe the stage ran with
+  step-000200/ ...   checkpoints (resume points)
+  metrics.jsonl, loss.png
+  adapter/           the stage's LoRA adapter (+ tokenizer), written atomically at the end
+  stage.json         written last: the stage is complete. Records the base model and the adapters
+                     merged before this one, so the next stage (or export) can rebuild the chain.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from l2v_cli.errors import L2VError
+
+STAGE_FILE = "stage.json"
+
+
+@dataclass
+class Chain:
+    """A base model folder/spec and the adapters (oldest first) to merge on top of it."""
+
+    base_model: str
+    adapters: list[str] = field(default_factory=list)
+    source: dict | None = None  # where the base came from (recorded by enable-bidir), for the model card
+
+
+def read_chain(input_path: str | Path) -> Chain:
+    """The chain behind a stage input: a completed training-stage folder, or a plain MODEL."""
+    p = Path(input_path)
+    if (p / STAGE_FILE).exists():
+        s = json.loads((p / STAGE_FILE).read_text())
+        return Chain(s["base_model"], list(s["adapters"]) + [str(p / "adapter")], s.get("source"))
+    if p.is_dir() and any(p.glob("step-*")) and not (p / "config.json").exists():
+        raise L2VError(f"{p} is an unfinished training stage (no {STAGE_FILE})", where=str(p),
+                       fix="finish it first: rerun its command with --resume")
+    source = None
+    cfg = p / "config.json"
+    if cfg.exists():  # a folder from `l2v enable-bidir` remembers where it came from
+        source = (json.loads(cfg.read_text()).get("l2v") or {}).get("source")
+    return Chain(str(input_path), [], source)
+
+
+def is_main_process() -> bool:
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def world_size() -> int:
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def barrier() -> None:
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+
+
+def prepare_stage_dir(out: Path, stage_config: dict, resume: bool, force: bool) -> Path | None:
+    """Create/validate the stage folder; return the checkpoint to resume from (or None)."""
+    from l2v_cli.training import checkpoints as ck
+
+    out = Path(out)
+    if (out / STAGE_FILE).exists() and not force:
+        raise L2VError(f"stage already complete: {out}", where=str(out),
+                       fix="use another -o, or --force to retrain it")
+    if out.exists() and force and is_main_process():
+        shutil.rmtree(out)
+    barrier()
+    if is_main_process():
+        out.mkdir(parents=True, exist_ok=True)
+        ck.remove_stale(out)
+    barrier()
+    last = ck.last_checkpoint(out)
+    if last is None:
+        return None
+    if not resume:
+        raise L2VError(f"{out} already holds checkpoints (last: {last.name})", where=str(out),
+                       fix="pass --resume to continue from it, or --force to start over")
+    ck.check_compatible(last, stage_config)
+    return last
+
+
+def finish_stage(out: Path, model, tokenizer, stage: str, chain: Chain, extra: dict) -> None:
+    """Save the adapter atomically, then stage.json (the completion marker). Main process only."""
+    if is_main_process():
+        tmp = out / ".adapter.tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        final = out / "adapter"
+        shutil.rmtree(final, ignore_errors=True)
+        os.replace(tmp, final)
+        record = {"stage": stage, "base_model": str(Path(chain.base_model).resolve())
+                  if Path(chain.base_model).exists() else chain.base_model,
+                  "adapters": chain.adapters, "adapter": "adapter", "source": chain.source, **extra}
+        tmp_json = out / (STAGE_FILE + ".tmp")
+        tmp_json.write_text(json.dumps(record, indent=1))
+        os.replace(tmp_json, out / STAGE_FILE)
+    barrier()
+
+
+def write_config(out: Path, recipe) -> None:
+    from l2v_cli.config import dump_recipe_yaml
+
+    if is_main_process():
+        (out / "config.yaml").write_text(dump_recipe_yaml(recipe))

@@ -1,0 +1,89 @@
+"""`train-mntp`: masked next-token prediction with LoRA on the bidirectional model (LLM2Vec step 2).
+
+The label of a masked token at position i is predicted from the output at position i−1 (the
+model keeps its next-token head), and the LM head runs only at those positions.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from l2v_cli.stages.common import Chain, finish_stage, prepare_stage_dir, read_chain, write_config
+from l2v_cli.training.spine import L2VTrainer
+
+
+class MntpTrainer(L2VTrainer):
+    softcap: float | None = None
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        from l2v_cli.data.mntp import mntp_loss
+        from l2v_cli.training.lora import unwrap
+
+        labels = inputs.pop("labels")
+        self.count_tokens(inputs["attention_mask"])
+        # logits_to_keep=1: the full-vocabulary head is skipped; mntp_loss applies it at masked positions only.
+        out = model(**inputs, output_hidden_states=True, logits_to_keep=1, use_cache=False)
+        head = unwrap(model).get_output_embeddings()
+        loss = mntp_loss(out.hidden_states[-1], labels, head, softcap=self.softcap)
+        return (loss, out) if return_outputs else loss
+
+
+def load_training_model(recipe, chain: Chain, lm_head: bool):
+    """Load the chain's base, make it bidirectional (verified), merge earlier adapters."""
+    from l2v_cli.modeling.loading import load_model
+    from l2v_cli.training.lora import merge_adapters
+    from l2v_cli.utils.device import resolve_dtype
+
+    dtype = resolve_dtype(recipe.dtype)
+    # Frozen base weights in the compute dtype (bf16 halves memory); LoRA weights stay fp32 (peft).
+    loaded = load_model(chain.base_model, dtype=str(dtype).replace("torch.", ""),
+                        attn_implementation=recipe.bidir.attn_implementation, bidirectional=True,
+                        verify=recipe.bidir.verify, lm_head=lm_head)
+    model = merge_adapters(loaded.model, chain.adapters)
+    return model, loaded, dtype
+
+
+def stage_config(recipe, section: str) -> dict:
+    from l2v_cli.config import recipe_to_dict
+
+    d = recipe_to_dict(recipe)
+    return {"section": section, **d[section], "bidir": d["bidir"], "dtype": d["dtype"], "seed": d["seed"]}
+
+
+def train_mntp(recipe, input_model: str | Path, out: str | Path, *, resume: bool = True,
+               force: bool = False, deepspeed: str | None = None) -> Path:
+    """Run MNTP on `input_model` (a MODEL or an enable-bidir folder); write the stage to `out`."""
+    import torch
+
+    from l2v_cli.data.mntp import MntpCollator, resolve_mask_token
+    from l2v_cli.data.text import group_texts, load_texts, tokenize_texts
+    from l2v_cli.modeling.aliases import alias_for_folder
+    from l2v_cli.training.lora import add_lora
+    from l2v_cli.training.spine import JsonlMetrics, RichProgress, build_training_args
+
+    cfg, out = recipe.mntp, Path(out)
+    scfg = stage_config(recipe, "mntp")
+    last = prepare_stage_dir(out, scfg, resume, force)
+    write_config(out, recipe)
+    chain = read_chain(input_model)
+    model, loaded, dtype = load_training_model(recipe, chain, lm_head=True)
+    alias = loaded.alias or alias_for_folder(chain.base_model)
+    tok, mask_id, added = resolve_mask_token(loaded.tokenizer, cfg.mask_token,
+                                             getattr(alias, "mntp_mask_token", None))
+    if added:
+        model.resize_token_embeddings(len(tok))
+    model = add_lora(model, cfg.lora, cfg.train.gradient_checkpointing)
+
+    texts = load_texts(cfg.data)
+    ds = group_texts(tokenize_texts(texts, tok, max_length=None), cfg.max_seq_length, tok.eos_token_id)
+    collator = MntpCollator(tok, mask_id, cfg.mask_probability, cfg.mask_strategy, seed=recipe.seed)
+    args = build_training_args(cfg.train, out, bf16=dtype == torch.bfloat16, deepspeed=deepspeed,
+                               seed=recipe.seed)
+    trainer = MntpTrainer(model=model, args=args, train_dataset=ds, data_collator=collator,
+                          stage_config=scfg,
+                          callbacks=[JsonlMetrics(out), RichProgress(f"MNTP {out.name}")])
+    trainer.softcap = getattr(model.config, "final_logit_softcapping", None)
+    trainer.train(resume_from_checkpoint=str(last) if last else None)
+    finish_stage(out, trainer.model if deepspeed is None else model, tok, "train-mntp", chain,
+                 {"steps": trainer.state.global_step, "mask_token_id": mask_id})
+    return out

@@ -1,0 +1,71 @@
+"""`train-simcse`: unsupervised SimCSE (LLM2Vec step 3).
+
+Merge the previous stage's adapter into the weights, add a fresh LoRA, and pull together two
+forward passes of the same batch that differ only by dropout (attention dropout 0.3 in the paper);
+InfoNCE over in-batch (and, across processes, gathered) negatives with scale 20; mean pooling over
+real tokens only.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from l2v_cli.stages.common import finish_stage, prepare_stage_dir, read_chain, write_config
+from l2v_cli.stages.contrastive import ContrastiveTrainer
+
+
+class TextCollator:
+    """Texts -> one padded batch with a pool mask (the encoder's own tokenisation)."""
+
+    def __init__(self, encoder):
+        self.encoder = encoder
+
+    def __call__(self, rows):
+        return self.encoder.collate(self.encoder.tokenize([r["text"] for r in rows]))
+
+
+class SimcseTrainer(ContrastiveTrainer):
+    scale = 20.0
+    gather = True
+
+    def views(self, inputs):
+        return [inputs, inputs]  # same texts twice: dropout makes the two views differ
+
+    def loss_from(self, embs, inputs):
+        from l2v_cli.training.losses import info_nce
+
+        return info_nce(embs[0], embs[1], self.scale, gather=self.gather)
+
+
+def train_simcse(recipe, input_model: str | Path, out: str | Path, *, resume: bool = True,
+                 force: bool = False, deepspeed: str | None = None) -> Path:
+    import torch
+
+    from l2v_cli.data.text import load_texts
+    from l2v_cli.encoding.encoder import Encoder
+    from l2v_cli.stages.mntp import load_training_model, stage_config
+    from l2v_cli.training.lora import add_lora, set_attention_dropout
+    from l2v_cli.training.spine import JsonlMetrics, RichProgress, build_training_args
+
+    cfg, out = recipe.simcse, Path(out)
+    scfg = stage_config(recipe, "simcse")
+    last = prepare_stage_dir(out, scfg, resume, force)
+    write_config(out, recipe)
+    chain = read_chain(input_model)
+    model, loaded, dtype = load_training_model(recipe, chain, lm_head=True)
+    set_attention_dropout(model, cfg.attention_dropout)
+    model = add_lora(model, cfg.lora, cfg.train.gradient_checkpointing)
+    tok = loaded.tokenizer
+    encoder = Encoder(model, tok, pooling=cfg.pooling, max_length=cfg.max_seq_length)
+
+    ds = load_texts(cfg.data)
+    args = build_training_args(cfg.train, out, bf16=dtype == torch.bfloat16, deepspeed=deepspeed,
+                               seed=recipe.seed)
+    trainer = SimcseTrainer(model=model, args=args, train_dataset=ds, data_collator=TextCollator(encoder),
+                            stage_config=scfg,
+                            callbacks=[JsonlMetrics(out), RichProgress(f"SimCSE {out.name}")])
+    trainer.pooling, trainer.scale = cfg.pooling, cfg.scale
+    trainer.gather, trainer.grad_cache_chunk_size = cfg.gather_across_processes, cfg.grad_cache_chunk_size
+    trainer.train(resume_from_checkpoint=str(last) if last else None)
+    finish_stage(out, model, tok, "train-simcse", chain, {"steps": trainer.state.global_step})
+    return out

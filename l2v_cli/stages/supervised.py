@@ -1,0 +1,107 @@
+"""`train-supervised`: contrastive training on (query, positive, hard negative) rows (LLM2Vec step 4).
+
+Queries carry their data set's instruction (attended to, excluded from pooling); every batch is
+drawn from one data set (so in-batch negatives are of the same kind); scale 50; optionally
+in-batch false negatives (another row's positive or hard negative equal to this row's positive)
+are masked out.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from torch.utils.data import DataLoader
+
+from l2v_cli.stages.common import finish_stage, prepare_stage_dir, read_chain, write_config
+from l2v_cli.stages.contrastive import ContrastiveTrainer
+
+
+class TripletCollator:
+    def __init__(self, encoder, instructions: list[str]):
+        self.encoder, self.instructions = encoder, instructions
+
+    def __call__(self, rows):
+        from l2v_cli.training.losses import text_ids
+
+        enc = self.encoder
+        instr = self.instructions[rows[0]["set"]]  # one data set per batch
+        return {
+            "q": enc.collate(enc.tokenize([r["query"] for r in rows], instruction=instr or None)),
+            "p": enc.collate(enc.tokenize([r["positive"] for r in rows])),
+            "n": enc.collate(enc.tokenize([r["negative"] for r in rows])),
+            "p_ids": text_ids([r["positive"] for r in rows]),
+            "n_ids": text_ids([r["negative"] for r in rows]),
+        }
+
+
+class SupervisedTrainer(ContrastiveTrainer):
+    scale = 50.0
+    gather = True
+    mask_false_negatives = True
+    batch_sampler = None
+
+    def views(self, inputs):
+        return [inputs["q"], inputs["p"], inputs["n"]]
+
+    def loss_from(self, embs, inputs):
+        from l2v_cli.training.losses import info_nce
+
+        ids = {}
+        if self.mask_false_negatives:
+            ids = {"positive_ids": inputs["p_ids"], "negative_ids": inputs["n_ids"]}
+        return info_nce(embs[0], embs[1], self.scale, negatives=embs[2], gather=self.gather, **ids)
+
+    def get_train_dataloader(self):
+        # Our sampler already gives each rank its own slice of a one-data-set global batch, so the
+        # loader is not re-sharded by accelerate (that would mix data sets across ranks).
+        return DataLoader(self.train_dataset, batch_sampler=self.batch_sampler,
+                          collate_fn=self.data_collator, num_workers=self.args.dataloader_num_workers)
+
+
+def train_supervised(recipe, input_model: str | Path, out: str | Path, *, resume: bool = True,
+                     force: bool = False, deepspeed: str | None = None) -> Path:
+    import torch
+    from datasets import concatenate_datasets
+
+    from l2v_cli.data.pairs import OneDatasetBatchSampler, load_supervised
+    from l2v_cli.encoding.encoder import Encoder
+    from l2v_cli.stages.common import world_size
+    from l2v_cli.stages.mntp import load_training_model, stage_config
+    from l2v_cli.training.lora import add_lora
+    from l2v_cli.training.spine import JsonlMetrics, RichProgress, build_training_args
+
+    cfg, out = recipe.supervised, Path(out)
+    scfg = stage_config(recipe, "supervised")
+    last = prepare_stage_dir(out, scfg, resume, force)
+    write_config(out, recipe)
+    sets = load_supervised(cfg)
+    chain = read_chain(input_model)
+    model, loaded, dtype = load_training_model(recipe, chain, lm_head=True)
+    model = add_lora(model, cfg.lora, cfg.train.gradient_checkpointing)
+    encoder = Encoder(model, loaded.tokenizer, pooling=cfg.pooling, max_length=cfg.max_seq_length)
+
+    parts = [s.dataset.select_columns(["query", "positive", "negative"])
+             .add_column("set", [i] * len(s.dataset)) for i, s in enumerate(sets)]
+    ds = concatenate_datasets(parts)
+    args = build_training_args(cfg.train, out, bf16=dtype == torch.bfloat16, deepspeed=deepspeed,
+                               seed=recipe.seed)
+    trainer = SupervisedTrainer(model=model, args=args, train_dataset=ds,
+                                data_collator=TripletCollator(encoder, [s.instruction for s in sets]),
+                                stage_config=scfg,
+                                callbacks=[JsonlMetrics(out), RichProgress(f"supervised {out.name}")])
+    sizes = [len(p) for p in parts]
+    if cfg.one_dataset_per_batch:
+        trainer.batch_sampler = OneDatasetBatchSampler(sizes, cfg.train.per_device_batch_size, seed=recipe.seed,
+                                                       num_replicas=world_size(), rank=args.process_index)
+    else:  # mixed batches: a plain shuffled sampler over everything
+        trainer.batch_sampler = OneDatasetBatchSampler([sum(sizes)], cfg.train.per_device_batch_size,
+                                                       seed=recipe.seed, num_replicas=world_size(),
+                                                       rank=args.process_index)
+    trainer.pooling, trainer.scale, trainer.gather = cfg.pooling, cfg.scale, cfg.gather_across_processes
+    trainer.mask_false_negatives = cfg.mask_false_negatives
+    trainer.grad_cache_chunk_size = cfg.grad_cache_chunk_size
+    trainer.train(resume_from_checkpoint=str(last) if last else None)
+    finish_stage(out, model, loaded.tokenizer, "train-supervised", chain,
+                 {"steps": trainer.state.global_step,
+                  "instructions": {s.name: s.instruction for s in sets}})
+    return out
