@@ -12,6 +12,22 @@ from l2v_cli.stages.common import Chain, finish_stage, prepare_stage_dir, read_c
 from l2v_cli.training.spine import L2VTrainer
 
 
+class RowSeededMasking:
+    """Seed each batch's masks from its rows' indices, not from a call counter.
+
+    A counter restarts at zero on resume (and differs per rank), so the resumed run would mask
+    differently from an uninterrupted one; a function of (seed, rows) makes resume exact.
+    A row visited again in a later epoch gets the same mask (MNTP runs are usually < 1 epoch).
+    """
+
+    def __init__(self, collator):
+        self.collator = collator
+
+    def __call__(self, rows):
+        step = min(int(r["idx"]) for r in rows)
+        return self.collator([{"input_ids": r["input_ids"]} for r in rows], step=step)
+
+
 class MntpTrainer(L2VTrainer):
     softcap: float | None = None
 
@@ -55,7 +71,7 @@ def train_mntp(recipe, input_model: str | Path, out: str | Path, *, resume: bool
     """Run MNTP on `input_model` (a MODEL or an enable-bidir folder); write the stage to `out`."""
     import torch
 
-    from l2v_cli.data.mntp import MntpCollator, resolve_mask_token
+    from l2v_cli.data.mntp import MntpCollator, logit_softcap, resolve_mask_token
     from l2v_cli.data.text import group_texts, load_texts, tokenize_texts
     from l2v_cli.modeling.aliases import alias_for_folder
     from l2v_cli.training.lora import add_lora
@@ -74,15 +90,18 @@ def train_mntp(recipe, input_model: str | Path, out: str | Path, *, resume: bool
         model.resize_token_embeddings(len(tok))
     model = add_lora(model, cfg.lora, cfg.train.gradient_checkpointing)
 
-    texts = load_texts(cfg.data)
-    ds = group_texts(tokenize_texts(texts, tok, max_length=None), cfg.max_seq_length, tok.eos_token_id)
-    collator = MntpCollator(tok, mask_id, cfg.mask_probability, cfg.mask_strategy, seed=recipe.seed)
     args = build_training_args(cfg.train, out, bf16=dtype == torch.bfloat16, deepspeed=deepspeed,
                                seed=recipe.seed)
+    with args.main_process_first(desc="tokenize"):  # rank 0 fills the token cache, the rest reuse it
+        texts = load_texts(cfg.data)
+        ds = group_texts(tokenize_texts(texts, tok, max_length=None), cfg.max_seq_length, tok.eos_token_id)
+    ds = ds.add_column("idx", list(range(len(ds))))
+    collator = RowSeededMasking(MntpCollator(tok, mask_id, cfg.mask_probability, cfg.mask_strategy,
+                                             seed=recipe.seed))
     trainer = MntpTrainer(model=model, args=args, train_dataset=ds, data_collator=collator,
                           stage_config=scfg,
                           callbacks=[JsonlMetrics(out), RichProgress(f"MNTP {out.name}")])
-    trainer.softcap = getattr(model.config, "final_logit_softcapping", None)
+    trainer.softcap = logit_softcap(model.config)
     trainer.train(resume_from_checkpoint=str(last) if last else None)
     finish_stage(out, trainer.model if deepspeed is None else model, tok, "train-mntp", chain,
                  {"steps": trainer.state.global_step, "mask_token_id": mask_id})

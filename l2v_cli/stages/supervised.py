@@ -16,15 +16,22 @@ from l2v_cli.stages.common import finish_stage, prepare_stage_dir, read_chain, w
 from l2v_cli.stages.contrastive import ContrastiveTrainer
 
 
+class EpochLoader(DataLoader):
+    """A DataLoader whose set_epoch reaches our batch sampler (the Trainer calls it each epoch)."""
+
+    def set_epoch(self, epoch: int) -> None:
+        self.batch_sampler.set_epoch(epoch)
+
+
 class TripletCollator:
-    def __init__(self, encoder, instructions: list[str]):
-        self.encoder, self.instructions = encoder, instructions
+    def __init__(self, encoder):
+        self.encoder = encoder
 
     def __call__(self, rows):
         from l2v_cli.training.losses import text_ids
 
         enc = self.encoder
-        instr = self.instructions[rows[0]["set"]]  # one data set per batch
+        instr = rows[0]["instruction"]  # one data set (so one instruction) per batch
         return {
             "q": enc.collate(enc.tokenize([r["query"] for r in rows], instruction=instr or None)),
             "p": enc.collate(enc.tokenize([r["positive"] for r in rows])),
@@ -54,16 +61,15 @@ class SupervisedTrainer(ContrastiveTrainer):
     def get_train_dataloader(self):
         # Our sampler already gives each rank its own slice of a one-data-set global batch, so the
         # loader is not re-sharded by accelerate (that would mix data sets across ranks).
-        return DataLoader(self.train_dataset, batch_sampler=self.batch_sampler,
+        return EpochLoader(self.train_dataset, batch_sampler=self.batch_sampler,
                           collate_fn=self.data_collator, num_workers=self.args.dataloader_num_workers)
 
 
 def train_supervised(recipe, input_model: str | Path, out: str | Path, *, resume: bool = True,
                      force: bool = False, deepspeed: str | None = None) -> Path:
     import torch
-    from datasets import concatenate_datasets
 
-    from l2v_cli.data.pairs import OneDatasetBatchSampler, load_supervised
+    from l2v_cli.data.pairs import OneDatasetBatchSampler, TripletRows, load_supervised
     from l2v_cli.encoding.encoder import Encoder
     from l2v_cli.stages.common import world_size
     from l2v_cli.stages.mntp import load_training_model, stage_config
@@ -80,16 +86,14 @@ def train_supervised(recipe, input_model: str | Path, out: str | Path, *, resume
     model = add_lora(model, cfg.lora, cfg.train.gradient_checkpointing)
     encoder = Encoder(model, loaded.tokenizer, pooling=cfg.pooling, max_length=cfg.max_seq_length)
 
-    parts = [s.dataset.select_columns(["query", "positive", "negative"])
-             .add_column("set", [i] * len(s.dataset)) for i, s in enumerate(sets)]
-    ds = concatenate_datasets(parts)
+    ds = TripletRows(sets)
     args = build_training_args(cfg.train, out, bf16=dtype == torch.bfloat16, deepspeed=deepspeed,
                                seed=recipe.seed)
     trainer = SupervisedTrainer(model=model, args=args, train_dataset=ds,
-                                data_collator=TripletCollator(encoder, [s.instruction for s in sets]),
+                                data_collator=TripletCollator(encoder),
                                 stage_config=scfg,
                                 callbacks=[JsonlMetrics(out), RichProgress(f"supervised {out.name}")])
-    sizes = [len(p) for p in parts]
+    sizes = ds.sizes
     if cfg.one_dataset_per_batch:
         trainer.batch_sampler = OneDatasetBatchSampler(sizes, cfg.train.per_device_batch_size, seed=recipe.seed,
                                                        num_replicas=world_size(), rank=args.process_index)

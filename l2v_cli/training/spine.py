@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 import torch
-from transformers import Trainer, TrainerCallback, TrainingArguments
+from transformers import PrinterCallback, Trainer, TrainerCallback, TrainingArguments
 
 from l2v_cli.errors import L2VError
 from l2v_cli.training import checkpoints as ck
@@ -54,7 +54,8 @@ def build_training_args(train, out_dir: Path, *, bf16: bool, deepspeed: str | No
         disable_tqdm=True,  # the rich progress bar replaces it
         bf16=bf16,
         use_cpu=not cuda,  # DeepSpeed on CPU miscounts the batch size without it (FINDINGS)
-        ddp_backend=None if cuda else "gloo",
+        # gloo for CPU process groups; in a single process, no backend (accelerate would expect a group).
+        ddp_backend="gloo" if not cuda and int(os.environ.get("WORLD_SIZE", "1")) > 1 else None,
         ddp_find_unused_parameters=False,
         deepspeed=deepspeed,
         logging_nan_inf_filter=False,  # a NaN must be seen, not filtered
@@ -66,6 +67,7 @@ class L2VTrainer(Trainer):
 
     def __init__(self, *args, stage_config: dict, **kwargs):
         super().__init__(*args, **kwargs)
+        self.remove_callback(PrinterCallback)  # it prints raw dicts; RichProgress + metrics.jsonl replace it
         self.stage_config = stage_config
         self.tokens_seen = 0  # real (non-pad) tokens this process has trained on since the last log
         self._last_log_time = time.time()

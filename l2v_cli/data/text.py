@@ -1,0 +1,330 @@
+"""Raw text for MNTP and SimCSE: load it from files or the Hub, tokenise it once, cut it into blocks.
+
+    ds = load_texts(recipe.mntp.data, key="mntp.data")         # Dataset with one column "text"
+    ds = tokenize_texts(ds, tokenizer, max_length=None)         # "input_ids", cached on disk
+    ds = group_texts(ds, block_size=512, eos_id=tok.eos_token_id)  # MNTP blocks of exactly 512
+
+Every bad input is one L2VError naming the file and line (or column, or config key) and the fix.
+Local files become one in-memory Dataset whose fingerprint is a hash of its content, so the
+tokenisation cache is keyed on what the text *is*, not on where or when it was read.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import sys
+from pathlib import Path
+from typing import Iterator
+
+import datasets
+from datasets.table import InMemoryTable
+
+from l2v_cli.config.schema import DataConfig
+from l2v_cli.errors import L2VError
+from l2v_cli.utils.paths import resolve_data_path, shipped_data_dir
+
+FORMATS = {".txt": "txt", ".jsonl": "jsonl", ".csv": "csv", ".parquet": "parquet"}
+HF_PROBE_TIMEOUT_S = 3.0  # how long we wait for the Hub before falling back to its local cache
+
+
+# --------------------------------------------------------------------------- reading files
+
+
+def read_utf8(path: Path) -> str:
+    """The whole file as text; a non-UTF-8 byte is reported with its line number."""
+    data = path.read_bytes()
+    data = data[3:] if data.startswith(b"\xef\xbb\xbf") else data  # a BOM (Excel's csv exports)
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = data.count(b"\n", 0, e.start) + 1
+        raise L2VError(f"{path.name} is not UTF-8 text (byte {data[e.start]:#04x} on line {line})",
+                       f"{path}:{line}",
+                       "re-save the file as UTF-8, e.g. iconv -f latin1 -t utf-8 IN > OUT") from None
+
+
+def _lines(path: Path) -> list[str]:
+    # split("\n"), not splitlines(): the latter also splits on \x0b, \x1c, \u2028... and would
+    # make our line numbers disagree with every editor.
+    return [ln.rstrip("\r") for ln in read_utf8(path).split("\n")]
+
+
+def iter_records(path: Path, fmt: str, columns: list[str] | None = None) -> Iterator[tuple[str, dict]]:
+    """(where, row) for each row of a jsonl/csv/parquet file; `where` is "file:line" (or row).
+    `columns` limits what parquet reads (a column store need not load the rest)."""
+    if fmt == "jsonl":
+        for n, line in enumerate(_lines(path), 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise L2VError(f"line {n} of {path.name} is not valid JSON ({e.msg})", f"{path}:{n}",
+                               "write one JSON object per line (jsonl)") from None
+            if not isinstance(row, dict):
+                raise L2VError(f"line {n} of {path.name} is a JSON {type(row).__name__}, not an object",
+                               f"{path}:{n}", 'write one object per line, e.g. {"text": "..."}')
+            yield f"{path}:{n}", row
+    elif fmt == "csv":
+        csv.field_size_limit(sys.maxsize)  # paragraphs can exceed the 128 KiB default
+        reader = csv.DictReader(io.StringIO(read_utf8(path), newline=""))
+        for row in reader:
+            yield f"{path}:{reader.line_num}", row
+    elif fmt == "parquet":
+        import pyarrow.parquet as pq
+
+        for i, row in enumerate(pq.read_table(path, columns=columns).to_pylist(), 1):
+            yield f"{path} row {i}", row
+    else:
+        raise ValueError(fmt)
+
+
+def file_columns(path: Path, fmt: str) -> list[str] | None:
+    """Column names from the header (csv) or schema (parquet); None for jsonl (per-line keys)."""
+    if fmt == "csv":
+        return next(csv.reader(io.StringIO(read_utf8(path), newline="")), [])
+    if fmt == "parquet":
+        import pyarrow.parquet as pq
+
+        return list(pq.ParquetFile(path).schema_arrow.names)
+    return None
+
+
+def _text_of(row: dict, column: str, where: str) -> str:
+    value = row.get(column)
+    if value is None or isinstance(value, str):
+        return (value or "").strip()
+    raise L2VError(f"column '{column}' holds a {type(value).__name__}, not text", where,
+                   f"put a string in '{column}' or choose another column with text_column=...")
+
+
+def _read_file(path: Path, fmt: str, column: str) -> list[str]:
+    if fmt == "txt":
+        texts = [ln.strip() for ln in _lines(path)]
+    else:
+        cols = file_columns(path, fmt)
+        if cols is not None and column not in cols:
+            raise L2VError(f"{path.name} has no column '{column}' (columns: {', '.join(cols)})",
+                           str(path), f"set text_column to one of: {', '.join(cols)}")
+        texts = []
+        for where, row in iter_records(path, fmt, [column]):
+            if column not in row:
+                raise L2VError(f"no key '{column}' in this row (keys: {', '.join(row)})", where,
+                               f"set text_column to one of: {', '.join(row)}")
+            texts.append(_text_of(row, column, where))
+    texts = [t for t in texts if t]
+    if not texts:
+        raise L2VError(f"{path.name} holds no text", str(path),
+                       "give a file with at least one non-empty line / row")
+    return texts
+
+
+def _format_of(path: Path, fmt: str) -> str:
+    if fmt in ("txt", "jsonl", "csv", "parquet"):
+        return fmt
+    if path.suffix.lower() in FORMATS:
+        return FORMATS[path.suffix.lower()]
+    raise L2VError(f"unknown file type '{path.suffix}' for {path.name}", str(path),
+                   f"use one of {', '.join(FORMATS)} or set format: txt|jsonl|csv|parquet")
+
+
+def data_files(path: Path) -> list[Path]:
+    """A file, or every supported file in a directory (recursively, sorted: a stable order)."""
+    if path.is_file():
+        return [path]
+    found = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in FORMATS)
+    if not found:
+        raise L2VError(f"no {'/'.join(FORMATS)} files in directory {path}", str(path),
+                       "put data files in it or point path at a file")
+    return found
+
+
+def looks_local(name: str) -> bool:
+    """A path-like string (not a hub name): has a data-file suffix or starts like a path."""
+    # hub names are "name" or "owner/name" (+ ":config"): one slash at most, no file suffix
+    return (Path(name).suffix.lower() in FORMATS or name.startswith(("/", ".", "~", "data/"))
+            or name.count("/") > 1 or "\\" in name)
+
+
+def missing_path_error(name: str, key: str) -> L2VError:
+    p = Path(name).expanduser()
+    looked = [str(p.resolve())]
+    if not p.is_absolute() and p.parts and p.parts[0] == "data":
+        looked.append(str(shipped_data_dir().joinpath(*p.parts[1:])))
+    return L2VError(f"data not found: {name}", f"key {key}.path; looked in " + " and ".join(looked),
+                    "check the path (relative paths are from the working directory), or set "
+                    "format: hub for a Hugging Face dataset")
+
+
+# --------------------------------------------------------------------------- the Hub
+
+
+def _hub_reachable() -> bool:
+    import urllib.error
+    import urllib.request
+
+    from huggingface_hub import constants
+
+    try:
+        urllib.request.urlopen(urllib.request.Request(constants.ENDPOINT, method="HEAD"),
+                               timeout=HF_PROBE_TIMEOUT_S)
+    except urllib.error.HTTPError:
+        return True  # an answer, even an error status, means the network works
+    except Exception:
+        return False
+    return True
+
+
+def load_hub(name: str, split: str, key: str = "data") -> datasets.Dataset:
+    """`owner/name` or `owner/name:config` from the Hub (or its local cache when offline).
+
+    huggingface_hub retries an unreachable Hub for ~25 s; a 3 s probe first, then a cache-only
+    load, makes "no network" a fast, clear error instead."""
+    from huggingface_hub import constants
+
+    import datasets.config as dcfg
+
+    repo, _, config = name.partition(":")
+    offline = dcfg.HF_HUB_OFFLINE or not _hub_reachable()
+    saved = dcfg.HF_HUB_OFFLINE, constants.HF_HUB_OFFLINE
+    dcfg.HF_HUB_OFFLINE = constants.HF_HUB_OFFLINE = offline
+    try:
+        return datasets.load_dataset(repo, config or None, split=split)
+    except Exception as e:
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        if offline and isinstance(e, ConnectionError):
+            what = (f"hub dataset '{name}' is not in the local HF cache and the Hub is unreachable "
+                    "(no network, or HF_HUB_OFFLINE / HF_DATASETS_OFFLINE is set)")
+            fix = "give a local file or directory (no such local path exists), or run once online"
+        else:
+            what = f"cannot load hub dataset '{name}' split '{split}': {reason}"
+            fix = "check the dataset name, 'name:config' and split (or give a local path)"
+        raise L2VError(what, f"key {key}.path", fix) from None
+    finally:
+        dcfg.HF_HUB_OFFLINE, constants.HF_HUB_OFFLINE = saved
+
+
+def _read_hub(name: str, split: str, column: str, key: str) -> list[str]:
+    ds = load_hub(name, split, key)
+    if column not in ds.column_names:
+        raise L2VError(f"hub dataset '{name}' has no column '{column}' "
+                       f"(columns: {', '.join(ds.column_names)})", f"key {key}.text_column",
+                       f"set {key}.text_column to one of: {', '.join(ds.column_names)}")
+    return [t.strip() for t in ds[column] if isinstance(t, str) and t.strip()]
+
+
+# --------------------------------------------------------------------------- load_texts
+
+
+def content_dataset(columns: dict[str, list]) -> datasets.Dataset:
+    """An in-memory Dataset whose fingerprint is a hash of its content (stable across runs)."""
+    h = hashlib.sha256()
+    for name, values in columns.items():
+        h.update(f"\x00{name}\x00{len(values)}".encode())
+        for v in values:
+            h.update(str(v).encode() + b"\x00")
+    return datasets.Dataset(InMemoryTable.from_pydict(columns), fingerprint=h.hexdigest()[:32])
+
+
+def load_texts(cfg: DataConfig, key: str = "data") -> datasets.Dataset:
+    """One column "text" (stripped, non-empty) from `cfg.path`: file, directory, list, or hub name.
+
+    `key` is the config section (e.g. "mntp.data"), used to name the setting in errors."""
+    paths = cfg.path if isinstance(cfg.path, list) else [cfg.path] if cfg.path else []
+    if not paths:
+        raise L2VError(f"no data: {key}.path is empty", f"key {key}.path",
+                       f"set {key}.path to a file, directory or hub dataset")
+    texts: list[str] = []
+    for name in paths:
+        local = resolve_data_path(name)
+        if cfg.format == "hub" or (not local.exists() and not looks_local(name)):
+            texts += _read_hub(name, cfg.split, cfg.text_column, key)
+        elif not local.exists():
+            raise missing_path_error(name, key)
+        else:
+            for f in data_files(local):
+                texts += _read_file(f, _format_of(f, cfg.format), cfg.text_column)
+        if cfg.max_samples and len(texts) >= cfg.max_samples:
+            break  # later sources would be cut anyway
+    if not texts:
+        raise L2VError(f"no text in {', '.join(map(str, paths))}", f"key {key}.path",
+                       "give data with at least one non-empty text")
+    return content_dataset({"text": texts[: cfg.max_samples]})
+
+
+# --------------------------------------------------------------------------- tokenisation
+
+
+def _hash(*parts) -> str:
+    return hashlib.sha256("\x00".join(map(str, parts)).encode()).hexdigest()[:32]
+
+
+def tokenizer_fingerprint(tokenizer) -> str:
+    """A hash of everything that changes token ids: vocab, merges, normalizer, BOS/EOS rules."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is not None:  # minus the truncation/padding state that each call leaves behind
+        body = json.loads(backend.to_str())
+        body = json.dumps({k: v for k, v in body.items() if k not in ("truncation", "padding")})
+    else:  # slow tokenizer: the vocab and its BOS/EOS switches
+        body = json.dumps(sorted(tokenizer.get_vocab().items())) + str(
+            (getattr(tokenizer, "add_bos_token", None), getattr(tokenizer, "add_eos_token", None)))
+    return _hash(type(tokenizer).__name__, body, sorted(tokenizer.special_tokens_map.items()))
+
+
+def default_cache_dir() -> Path:
+    from l2v_cli.modeling.aliases import cache_root
+
+    return cache_root() / "tokenized"
+
+
+TOKEN_FEATURES = datasets.Features({"input_ids": datasets.List(datasets.Value("int32"))})  # 1/2 of int64
+
+
+def tokenize_texts(ds: datasets.Dataset, tokenizer, max_length: int | None,
+                   cache_dir: str | Path | None = None, num_proc: int | None = None) -> datasets.Dataset:
+    """Column "input_ids" (int32), with the tokenizer's BOS/EOS; truncated to max_length unless None.
+
+    Use max_length=None before `group_texts` (nothing is lost), an int for SimCSE / supervised.
+    The result is written to `cache_dir/tokens-<key>.arrow`, key = (tokenizer, max_length, data
+    fingerprint), and a second call with the same key loads it without tokenising. In distributed
+    runs call it on the main process first (the others then hit the cache)."""
+    key = _hash(tokenizer_fingerprint(tokenizer), max_length, ds._fingerprint)
+    cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
+    cache_dir.mkdir(parents=True, exist_ok=True)
+
+    def tokenize(batch):
+        enc = tokenizer(batch["text"], truncation=max_length is not None, max_length=max_length,
+                        verbose=False)  # verbose=False: no "longer than model_max_length" warning
+        return {"input_ids": enc["input_ids"]}
+
+    return ds.map(tokenize, batched=True, remove_columns=ds.column_names, features=TOKEN_FEATURES,
+                  cache_file_name=str(cache_dir / f"tokens-{key}.arrow"), load_from_cache_file=True,
+                  new_fingerprint=key, num_proc=num_proc, desc="Tokenizing")
+
+
+def group_texts(ds: datasets.Dataset, block_size: int, eos_id: int | None) -> datasets.Dataset:
+    """Concatenate the token lists (each followed by EOS unless it already ends with one) and cut
+    the stream into blocks of exactly `block_size`, as run_mlm.py does: per map batch of 1000
+    texts, the tail shorter than a block is dropped."""
+
+    def group(batch):
+        flat: list[int] = []
+        for ids in batch["input_ids"]:
+            flat += ids
+            if eos_id is not None and (not ids or ids[-1] != eos_id):
+                flat.append(eos_id)
+        n = len(flat) // block_size * block_size
+        return {"input_ids": [flat[i:i + block_size] for i in range(0, n, block_size)]}
+
+    key = _hash(ds._fingerprint, "group", block_size, eos_id)
+    cached = ds.cache_files  # next to the tokenised file when there is one; else in memory
+    name = str(Path(cached[0]["filename"]).with_name(f"blocks-{key}.arrow")) if cached else None
+    out = ds.map(group, batched=True, batch_size=1000, remove_columns=ds.column_names,
+                 features=TOKEN_FEATURES, cache_file_name=name, new_fingerprint=key, desc="Grouping")
+    if len(out) == 0:
+        raise L2VError(f"the data is shorter than one block of {block_size} tokens",
+                       f"block_size {block_size}", "use more data or a smaller max_seq_length")
+    return out

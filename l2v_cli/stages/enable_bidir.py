@@ -1,0 +1,228 @@
+"""Stage `enable-bidir`: write a copy of MODEL whose attention is bidirectional — and prove it.
+
+    report = enable_bidir("smollm2-135m", "out/bidir")
+
+1. Resolve and load MODEL with its LM head (MNTP, the next stage, needs it), switch attention to
+   bidirectional and (with `verify`) run the probe in memory.
+2. Save safetensors weights, tokenizer and a config.json with `"is_causal": false` plus an `l2v`
+   block recording how it was made (l2v version, source, attention kernel, dtype, probe results).
+   When the kernel used is `eager` it is pinned in config.json (`"attn_implementation": "eager"`)
+   so that a plain `from_pretrained` uses it too.
+3. With `verify`, reload the written folder with plain `transformers.AutoModel.from_pretrained`
+   (no l2v code involved) and probe it again: if the plain reload is not bidirectional — an
+   architecture whose attention reads its own per-module flag under that kernel — refuse.
+Everything is written into a temp folder renamed into place at the end: on any failure OUT is
+not created (or, with `overwrite`, the previous OUT is left as it was).
+
+dtype: "original" (default) saves in the dtype the source checkpoint declares (`dtype` /
+`torch_dtype` in its config.json; float32 for GGUF conversions and tiny models, and when it
+declares none); or an explicit float32 / bfloat16 / float16. The probes always run in float32
+(their exactness checks need it), so with `verify` the model is loaded in float32 and cast just
+before saving.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import gc
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+from l2v_cli.errors import L2VError, did_you_mean
+
+ATTN_CHOICES = ("sdpa", "eager", "flash_attention_2", "auto")
+DTYPE_CHOICES = ("original", "float32", "bfloat16", "float16")
+_DTYPE_ALIASES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16", "auto": "original"}
+
+
+@dataclass
+class EnableBidirReport:
+    """What `enable_bidir` did; `probe` is the in-memory check, `reload_probe` the plain reload's."""
+
+    out: Path
+    source: dict
+    architecture: str
+    attn_implementation: str  # the kernel actually used (may differ from the one asked for)
+    dtype: str  # the dtype the weights were saved in
+    params: int
+    verified: bool
+    probe: Optional[object] = None  # l2v_cli.modeling.bidir.ProbeReport
+    reload_probe: Optional[object] = None
+    timings: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return {"out": str(self.out), "source": self.source, "architecture": self.architecture,
+                "attn_implementation": self.attn_implementation, "dtype": self.dtype,
+                "params": self.params, "verified": self.verified,
+                "probe": _probe_dict(self.probe), "reload_probe": _probe_dict(self.reload_probe),
+                "timings": {k: round(v, 2) for k, v in self.timings.items()}}
+
+
+def _probe_dict(report) -> Optional[dict]:
+    if report is None:
+        return None
+    return {"ok": report.ok, "attn_implementation": report.attn_implementation,
+            "checks": dict(report.checks),
+            "details": {k: float(f"{v:.3g}") for k, v in report.details.items()}}
+
+
+def _check_choice(value: str, choices, where: str) -> None:
+    if value not in choices:
+        raise L2VError(f"unknown {where.lstrip('-').replace('-', ' ')} {value!r}", where=where,
+                       fix=did_you_mean(value, choices))
+
+
+def source_dtype(folder: Path) -> str:
+    """The dtype a checkpoint folder declares in its config.json (float32 if none)."""
+    try:
+        cfg = json.loads((folder / "config.json").read_text())
+    except (OSError, ValueError):
+        return "float32"
+    for cfg_part in (cfg, cfg.get("text_config") or {}):
+        name = cfg_part.get("dtype") or cfg_part.get("torch_dtype")
+        if isinstance(name, str):
+            name = name.replace("torch.", "")
+            if name in DTYPE_CHOICES[1:]:
+                return name
+    return "float32"
+
+
+def _update_config_json(folder: Path, **entries) -> None:
+    path = folder / "config.json"
+    cfg = json.loads(path.read_text())
+    cfg.update(entries)
+    path.write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
+
+
+def enable_bidir(model_spec: str | Path, out: str | Path, *, attn_implementation: str = "sdpa",
+                 verify: bool = True, dtype: str = "original", overwrite: bool = False,
+                 trust_remote_code: bool = False, allow_pickle: bool = False) -> EnableBidirReport:
+    """Write a bidirectional copy of `model_spec` to `out` (see the module doc); L2VError on failure."""
+    out = Path(out).expanduser().absolute()
+    _check_choice(attn_implementation, ATTN_CHOICES, "--attn-implementation")
+    dtype = _DTYPE_ALIASES.get(dtype, dtype)
+    _check_choice(dtype, DTYPE_CHOICES, "--dtype")
+    # Cheap checks before the (possibly long) load; atomic_dir repeats them.
+    from l2v_cli.utils.atomic import atomic_dir, check_writable_parent
+
+    if (out.exists() or out.is_symlink()) and not overwrite:
+        raise L2VError(f"OUT {out} already exists", where=str(out),
+                       fix="pass --overwrite to replace it, or choose another path")
+    check_writable_parent(out)
+
+    from l2v_cli.modeling.sources import resolve_model
+
+    timings: dict[str, float] = {}
+    t0 = time.perf_counter()
+    resolved = resolve_model(str(model_spec), trust_remote_code=trust_remote_code, allow_pickle=allow_pickle)
+    timings["resolve_s"] = time.perf_counter() - t0
+
+    import torch
+    import transformers
+
+    from l2v_cli import __version__
+    from l2v_cli.modeling.bidir import architecture_name, probe_bidirectional
+    from l2v_cli.modeling.loading import load_model
+    from l2v_cli.utils.device import DTYPES
+    save_dtype = source_dtype(resolved.path) if dtype == "original" else dtype
+
+    t = time.perf_counter()
+    loaded = load_model(str(resolved.path), dtype="float32" if verify else save_dtype,
+                        attn_implementation=attn_implementation, bidirectional=True, verify=False,
+                        lm_head=True, trust_remote_code=trust_remote_code, allow_pickle=allow_pickle)
+    model, tok = loaded.model, loaded.tokenizer
+    timings["load_s"] = time.perf_counter() - t
+    arch = architecture_name(model)
+    used_attn = str(model.config._attn_implementation)
+    params = sum(p.numel() for p in model.parameters())
+    device = next(model.parameters()).device
+
+    probe = None
+    if verify:
+        t = time.perf_counter()
+        probe = probe_bidirectional(model)
+        timings["probe_s"] = time.perf_counter() - t
+        if not probe.ok:
+            raise L2VError(
+                f"architecture {arch} stays causal or leaks padding under attn_implementation="
+                f"{used_attn!r} (failed checks: {', '.join(probe.failed())})", where="bidirectional probe",
+                fix=(_eager_fix() if used_attn != "eager" else _unsupported_fix()))
+
+    source = resolved.describe()
+    l2v_block = {
+        "version": __version__, "stage": "enable-bidir", "source": source,
+        "attn_implementation": used_attn, "requested_attn_implementation": attn_implementation,
+        "dtype": save_dtype, "verified": verify, "probe": _probe_dict(probe), "reload_probe": None,
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "transformers": transformers.__version__, "torch": torch.__version__.split("+")[0],
+    }
+
+    reload_probe = None
+    with atomic_dir(out, overwrite=overwrite) as tmp:
+        t = time.perf_counter()
+        if model.dtype != DTYPES[save_dtype]:
+            model.to(DTYPES[save_dtype])
+        model.config.is_causal = False
+        model.save_pretrained(tmp, safe_serialization=True)
+        tok.save_pretrained(tmp)
+        pinned = {"attn_implementation": "eager"} if used_attn == "eager" else {}
+        _update_config_json(tmp, is_causal=False, l2v=l2v_block, **pinned)
+        timings["save_s"] = time.perf_counter() - t
+        del model, loaded
+        gc.collect()
+
+        if verify:
+            t = time.perf_counter()
+            reload_probe, reload_causal = _plain_reload_probe(tmp, device, trust_remote_code)
+            timings["verify_s"] = time.perf_counter() - t
+            if reload_causal or not reload_probe.ok:
+                failed = ["config.is_causal"] if reload_causal else reload_probe.failed()
+                raise L2VError(
+                    f"the written model ({arch}) is not bidirectional when reloaded with plain "
+                    f"transformers AutoModel.from_pretrained under attn_implementation="
+                    f"{reload_probe.attn_implementation!r} (failed checks: {', '.join(failed)}); "
+                    "nothing was written",
+                    where="verify of the saved folder",
+                    fix=_eager_fix() if used_attn != "eager" else _unsupported_fix())
+            l2v_block["reload_probe"] = _probe_dict(reload_probe)
+            _update_config_json(tmp, l2v=l2v_block)
+    timings["total_s"] = time.perf_counter() - t0
+    return EnableBidirReport(out=out, source=source, architecture=arch, attn_implementation=used_attn,
+                             dtype=save_dtype, params=params, verified=verify, probe=probe,
+                             reload_probe=reload_probe, timings=timings)
+
+
+def _eager_fix() -> str:
+    return ("rerun with --attn-implementation eager (recipe: bidir.attn_implementation=eager), "
+            "which l2v pins in config.json")
+
+
+def _unsupported_fix() -> str:
+    return "this architecture is not supported for bidirectional attention yet — please report it"
+
+
+def _plain_reload_probe(folder: Path, device, trust_remote_code: bool):
+    """Reload `folder` with plain transformers (no l2v patching) in float32 and probe it."""
+    import warnings
+
+    import torch
+    from transformers import AutoModel
+
+    from l2v_cli.modeling.bidir import probe_bidirectional
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        plain = AutoModel.from_pretrained(folder, dtype=torch.float32, trust_remote_code=trust_remote_code)
+    plain.to(device).eval()
+    try:
+        causal = getattr(plain.config, "is_causal", True) is not False
+        return probe_bidirectional(plain), causal
+    finally:
+        del plain
+        gc.collect()
+
+
+__all__ = ["EnableBidirReport", "enable_bidir", "source_dtype", "ATTN_CHOICES", "DTYPE_CHOICES"]
