@@ -87,23 +87,36 @@ def prepare_stage_dir(out: Path, stage_config: dict, resume: bool, force: bool) 
     return last
 
 
-def finish_stage(out: Path, model, tokenizer, stage: str, chain: Chain, extra: dict) -> None:
-    """Save the adapter atomically, then stage.json (the completion marker). Main process only."""
+def finish_stage(out: Path, trainer, tokenizer, stage: str, chain: Chain, extra: dict) -> None:
+    """Save the adapter atomically, then stage.json (the completion marker).
+
+    Every rank calls this: under ZeRO-3 the adapter weights are sharded and `save_model` gathers them.
+    """
+    tmp = out / ".adapter.tmp"
     if is_main_process():
-        tmp = out / ".adapter.tmp"
         shutil.rmtree(tmp, ignore_errors=True)
-        model.save_pretrained(tmp)
+    barrier()
+    trainer.save_model(str(tmp))
+    if is_main_process():
         tokenizer.save_pretrained(tmp)
         final = out / "adapter"
         shutil.rmtree(final, ignore_errors=True)
         os.replace(tmp, final)
-        record = {"stage": stage, "base_model": str(Path(chain.base_model).resolve())
-                  if Path(chain.base_model).exists() else chain.base_model,
-                  "adapters": chain.adapters, "adapter": "adapter", "source": chain.source, **extra}
+        base = Path(chain.base_model)
+        record = {"stage": stage, "base_model": str(base.resolve()) if base.exists() else chain.base_model,
+                  "adapters": chain.adapters, "adapter": "adapter", "source": chain.source,
+                  "world_size": world_size(), **extra}
         tmp_json = out / (STAGE_FILE + ".tmp")
         tmp_json.write_text(json.dumps(record, indent=1))
         os.replace(tmp_json, out / STAGE_FILE)
     barrier()
+
+
+def write_ledger(out: Path, rows: list[int]) -> None:
+    """Which training rows this process saw (per rank): shows how data was sharded."""
+    d = out / "ledger"
+    d.mkdir(exist_ok=True)
+    (d / f"rank-{os.environ.get('RANK', '0')}.json").write_text(json.dumps(rows))
 
 
 def write_config(out: Path, recipe) -> None:

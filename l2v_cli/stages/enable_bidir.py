@@ -143,7 +143,7 @@ def enable_bidir(model_spec: str | Path, out: str | Path, *, attn_implementation
     probe = None
     if verify:
         t = time.perf_counter()
-        probe = probe_bidirectional(model)
+        probe = probe_bidirectional(_base_model(model))  # skip the LM head: same attention, cheaper
         timings["probe_s"] = time.perf_counter() - t
         if not probe.ok:
             raise L2VError(
@@ -193,6 +193,15 @@ def enable_bidir(model_spec: str | Path, out: str | Path, *, attn_implementation
     return EnableBidirReport(out=out, source=source, architecture=arch, attn_implementation=used_attn,
                              dtype=save_dtype, params=params, verified=verify, probe=probe,
                              reload_probe=reload_probe, timings=timings)
+
+
+def _base_model(model):
+    """The decoder under a *ForCausalLM (what AutoModel loads); the model itself if there is none."""
+    try:
+        base = model.get_decoder()
+    except (AttributeError, NotImplementedError):
+        return model
+    return base if base is not None and base is not model else model
 
 
 def _eager_fix() -> str:

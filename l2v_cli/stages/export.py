@@ -32,11 +32,12 @@ folder would be embedded as "<|im_start|>system ...". The encoder was trained on
 export drops `chat_template` from tokenizer_config.json and deletes chat_template.jinja /
 chat_template.json / additional_chat_templates/. Older sentence-transformers never apply one.
 
-The files are written in the long-standing format (`sentence_transformers.models.*` module types,
-`pooling_mode_*_tokens` keys, no v6-only keys in sentence_bert_config.json), which every
-sentence-transformers from 2.4 reads; but bidirectional attention through `config.is_causal`
-needs transformers >= 5, and sentence-transformers allows transformers 5 only from 5.2.0 — so
-5.2.0 is the minimum that gives the right embeddings (ST_MIN_VERSION).
+A second line of defence: the files are written in the long-standing format
+(`sentence_transformers.models.*` module types, `pooling_mode_*_tokens` keys, a
+sentence_bert_config.json without `modality_config`), and sentence-transformers 6 pins such a
+module to the text-only modality — it would not apply a chat template even if one were put back.
+Only a plain HF folder (no modules.json) is wrapped. Every sentence-transformers from 2.4 reads
+these files, but the embeddings are right only from 5.4.0 (ST_MIN_VERSION; see the note there).
 
 Pooling map (ours -> sentence-transformers): mean -> mean, weighted_mean -> weightedmean,
 last_token -> lasttoken, bos -> cls, eos -> lasttoken with the tokenizer made to append EOS
@@ -53,6 +54,8 @@ Known differences, measured by tests/test_export.py (and named in the model card
     weight, we restart the weights at the text; without a prompt they agree.
   * truncation: we truncate the text only (instruction and special tokens kept), sentence-
     transformers truncates the whole sequence; they differ only for texts over max_seq_length.
+  * an empty text with a prompt: sentence-transformers pools nothing (a zero vector), we pool one
+    filler token (EOS).
 """
 
 from __future__ import annotations
@@ -85,12 +88,17 @@ _ALL_ST_POOLING_KEYS = ("pooling_mode_cls_token", "pooling_mode_mean_tokens", "p
                         "pooling_mode_mean_sqrt_len_tokens", "pooling_mode_weightedmean_tokens",
                         "pooling_mode_lasttoken")
 
-# The oldest sentence-transformers that loads an export correctly. The file format needs 2.4.0
-# (prompts, default_prompt_name, Pooling.include_prompt); bidirectional attention needs
-# transformers >= 5 (config.is_causal), which sentence-transformers permits from 5.2.0 on
-# (<= 5.1.x pin transformers < 5 and would load the model causal).
-ST_MIN_VERSION = "5.2.0"
-ST_FORMAT_MIN_VERSION = "2.4.0"
+# Which sentence-transformers gives our embeddings (measured on the tiny chain of tests/test_export.py):
+#   * the file format needs 2.4.0 (prompts, default_prompt_name, Pooling.include_prompt; lasttoken
+#     and weightedmean pooling are older);
+#   * bidirectional attention needs transformers >= 5 (config.is_causal), which sentence-transformers
+#     allows from 5.2.0 on (<= 5.1.x pin transformers < 5: the model would silently run causal);
+#   * 5.2.x-5.3.x strip every input (and the prompt) of surrounding whitespace before tokenising, so
+#     texts with leading/trailing whitespace and prompts ending in a newline differ (cos ~0.93-0.999);
+#     from 5.4.0 inputs are tokenised as given and the embeddings match ours (cos >= 0.9999).
+ST_MIN_VERSION = "5.4.0"  # equal embeddings
+ST_LOADS_MIN_VERSION = "5.2.0"  # loads bidirectional, but strips whitespace
+ST_FORMAT_MIN_VERSION = "2.4.0"  # reads the files (with transformers 4: causal, wrong)
 TRANSFORMERS_MIN_VERSION = "5.0"
 
 _CHAT_TEMPLATE_FILES = ("chat_template.jinja", "chat_template.json")
@@ -452,6 +460,8 @@ def _strip_chat_template(folder: Path) -> list[str]:
             del cfg["chat_template"]
             removed.append("tokenizer_config.json:chat_template")
         cfg["padding_side"] = "right"
+        for k in ("is_local", "local_files_only"):  # load-time flags transformers 5 writes back
+            cfg.pop(k, None)
         cfg_path.write_text(json.dumps(cfg, indent=2, ensure_ascii=False) + "\n")
     return removed
 
@@ -769,7 +779,11 @@ def _model_card(out_name: str, src: ExportSource, *, pooling: str, normalize: bo
                                      else "."),
               "* sentence-transformers tokenises prompt + text as one string; `l2v encode --instruction` tokenises "
               "them separately. They agree when the instruction ends in \":\" or a newline, not when it ends in a "
-              "space."]
+              "space. An empty text with a prompt is a zero vector in sentence-transformers.",
+              f"* sentence-transformers {ST_LOADS_MIN_VERSION}-5.3 strip whitespace around texts and prompts before "
+              f"tokenising, so texts with leading/trailing whitespace differ there; use >= {ST_MIN_VERSION}.",
+              "* A bfloat16/float16 export loads in that dtype (transformers 5 default); on a CPU without fast "
+              "bf16 pass `model_kwargs={\"dtype\": \"float32\"}` to SentenceTransformer."]
     if pooling == "eos":
         lines.append("* `eos` pooling: the tokenizer appends the EOS token to every text and the last token is pooled.")
     if pooling == "weighted_mean" and (query_instruction or document_instruction):
@@ -904,4 +918,4 @@ def export_from_recipe(recipe, source: str | Path, out: str | Path, *, overwrite
 
 
 __all__ = ["export", "export_from_recipe", "resolve_source", "ExportSource", "ExportReport", "StageInfo",
-           "ST_MIN_VERSION", "ST_FORMAT_MIN_VERSION", "ST_POOLING_KEYS", "DTYPE_CHOICES"]
+           "ST_MIN_VERSION", "ST_LOADS_MIN_VERSION", "ST_FORMAT_MIN_VERSION", "ST_POOLING_KEYS", "DTYPE_CHOICES"]

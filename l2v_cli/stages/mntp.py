@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from l2v_cli.stages.common import Chain, finish_stage, prepare_stage_dir, read_chain, write_config
+from l2v_cli.stages.common import (Chain, finish_stage, prepare_stage_dir, read_chain, write_config,
+                                   write_ledger)
 from l2v_cli.training.spine import L2VTrainer
 
 
@@ -22,8 +23,10 @@ class RowSeededMasking:
 
     def __init__(self, collator):
         self.collator = collator
+        self.seen: list[int] = []  # rows this process trained on (written to ledger/rank-N.json)
 
     def __call__(self, rows):
+        self.seen.extend(int(r["idx"]) for r in rows)
         step = min(int(r["idx"]) for r in rows)
         return self.collator([{"input_ids": r["input_ids"]} for r in rows], step=step)
 
@@ -88,7 +91,7 @@ def train_mntp(recipe, input_model: str | Path, out: str | Path, *, resume: bool
                                              getattr(alias, "mntp_mask_token", None))
     if added:
         model.resize_token_embeddings(len(tok))
-    model = add_lora(model, cfg.lora, cfg.train.gradient_checkpointing)
+    model = add_lora(model, cfg.lora, cfg.train.gradient_checkpointing, seed=recipe.seed)
 
     args = build_training_args(cfg.train, out, bf16=dtype == torch.bfloat16, deepspeed=deepspeed,
                                seed=recipe.seed)
@@ -103,6 +106,7 @@ def train_mntp(recipe, input_model: str | Path, out: str | Path, *, resume: bool
                           callbacks=[JsonlMetrics(out), RichProgress(f"MNTP {out.name}")])
     trainer.softcap = logit_softcap(model.config)
     trainer.train(resume_from_checkpoint=str(last) if last else None)
-    finish_stage(out, trainer.model if deepspeed is None else model, tok, "train-mntp", chain,
+    write_ledger(out, collator.seen)
+    finish_stage(out, trainer, tok, "train-mntp", chain,
                  {"steps": trainer.state.global_step, "mask_token_id": mask_id})
     return out

@@ -54,7 +54,7 @@ def train_simcse(recipe, input_model: str | Path, out: str | Path, *, resume: bo
     chain = read_chain(input_model)
     model, loaded, dtype = load_training_model(recipe, chain, lm_head=True)
     set_attention_dropout(model, cfg.attention_dropout)
-    model = add_lora(model, cfg.lora, cfg.train.gradient_checkpointing)
+    model = add_lora(model, cfg.lora, cfg.train.gradient_checkpointing, seed=recipe.seed)
     tok = loaded.tokenizer
     encoder = Encoder(model, tok, pooling=cfg.pooling, max_length=cfg.max_seq_length)
 
@@ -67,5 +67,5 @@ def train_simcse(recipe, input_model: str | Path, out: str | Path, *, resume: bo
     trainer.pooling, trainer.scale = cfg.pooling, cfg.scale
     trainer.gather, trainer.grad_cache_chunk_size = cfg.gather_across_processes, cfg.grad_cache_chunk_size
     trainer.train(resume_from_checkpoint=str(last) if last else None)
-    finish_stage(out, model, tok, "train-simcse", chain, {"steps": trainer.state.global_step})
+    finish_stage(out, trainer, tok, "train-simcse", chain, {"steps": trainer.state.global_step})
     return out

@@ -83,7 +83,7 @@ def train_supervised(recipe, input_model: str | Path, out: str | Path, *, resume
     sets = load_supervised(cfg)
     chain = read_chain(input_model)
     model, loaded, dtype = load_training_model(recipe, chain, lm_head=True)
-    model = add_lora(model, cfg.lora, cfg.train.gradient_checkpointing)
+    model = add_lora(model, cfg.lora, cfg.train.gradient_checkpointing, seed=recipe.seed)
     encoder = Encoder(model, loaded.tokenizer, pooling=cfg.pooling, max_length=cfg.max_seq_length)
 
     ds = TripletRows(sets)
@@ -105,7 +105,7 @@ def train_supervised(recipe, input_model: str | Path, out: str | Path, *, resume
     trainer.mask_false_negatives = cfg.mask_false_negatives
     trainer.grad_cache_chunk_size = cfg.grad_cache_chunk_size
     trainer.train(resume_from_checkpoint=str(last) if last else None)
-    finish_stage(out, model, loaded.tokenizer, "train-supervised", chain,
+    finish_stage(out, trainer, loaded.tokenizer, "train-supervised", chain,
                  {"steps": trainer.state.global_step,
                   "instructions": {s.name: s.instruction for s in sets}})
     return out

@@ -7,11 +7,17 @@ from pathlib import Path
 from l2v_cli.errors import L2VError
 
 
-def add_lora(model, lora, gradient_checkpointing: bool = False):
-    """Wrap `model` with a fresh LoRA adapter from a recipe `LoraConfig`."""
+def add_lora(model, lora, gradient_checkpointing: bool = False, seed: int = 42):
+    """Wrap `model` with a fresh LoRA adapter from a recipe `LoraConfig`.
+
+    Seeded: the adapter's random init must not depend on what ran earlier in the process
+    (otherwise two runs of one recipe differ, and so would a run and its resumed twin).
+    """
     import torch.distributed.tensor  # noqa: F401  (peft on torch 2.13 can miss it otherwise: FINDINGS)
     from peft import LoraConfig, get_peft_model
+    from transformers import set_seed
 
+    set_seed(seed)
     targets = lora.target_modules
     target = "all-linear" if targets == ["all-linear"] else list(targets)
     if gradient_checkpointing:
