@@ -107,11 +107,12 @@ def child_env() -> dict:
     return env
 
 
-def run(argv: list[str], log_path: Path, echo=print) -> None:
+def run(argv: list[str], log_path: Path) -> None:
     """Run the launcher, tee its output to `log_path`; on failure raise with the child's last error."""
-    echo(f"$ {shlex.join(argv)}")
+    print(f"$ {shlex.join(argv)}", file=sys.stderr, flush=True)
     log_path.parent.mkdir(parents=True, exist_ok=True)
     tail: deque[str] = deque(maxlen=40)
+    errors: list[str] = []  # the workers' own one-line errors (the launcher's report follows them)
     with open(log_path, "a") as log:
         proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                                 env=child_env(), bufsize=1, errors="replace")
@@ -120,13 +121,17 @@ def run(argv: list[str], log_path: Path, echo=print) -> None:
                 sys.stderr.write(line)
                 log.write(line)
                 tail.append(line.rstrip("\n"))
+                if "l2v: error:" in line:
+                    errors.append(line.rstrip("\n"))
             code = proc.wait()
         except KeyboardInterrupt:
             proc.terminate()
             proc.wait(timeout=60)
             raise
     if code != 0:
-        errors = [l for l in tail if "l2v: error:" in l] or [l for l in tail if l.strip()][-3:]
-        first = errors[0].split("l2v: error:", 1)[-1].strip() if errors else f"exit code {code}"
-        raise L2VError(f"stage failed: {first}", where=f"full log: {log_path}",
-                       fix="fix the cause above and rerun the same command; it resumes from the last checkpoint")
+        first = errors[0].split("l2v: error:", 1)[-1].strip() if errors else (
+            next((l.strip() for l in reversed(tail) if "Error" in l), f"exit code {code}"))
+        # The worker's line already says what/where/fix; add only where the full log is.
+        raise L2VError(f"stage failed: {first}" + ("" if errors else
+                       " — fix: see the log, then rerun the same command (it resumes)"),
+                       where=f"full log: {log_path}")

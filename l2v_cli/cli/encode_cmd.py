@@ -1,5 +1,176 @@
-"""Placeholder until this command is built."""
+"""`l2v encode MODEL --input FILE --output OUT.npy`: embed a file of texts into a .npy matrix.
+
+FILE is `.txt` (one text per line; row i of the output is line i+1, a blank line is an empty
+text) or `.jsonl` (one JSON object with a string `text` per non-blank line). Everything the user
+can get wrong is checked before the model is loaded, and reported as one line naming the file
+and line. The output is written atomically (temp file in the same folder, then os.replace).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from l2v_cli.errors import L2VError
+
+INPUT_SUFFIXES = {".txt": "txt", ".text": "txt", ".jsonl": "jsonl", ".ndjson": "jsonl"}
+
+
+def _decode_lines(path: Path) -> list[str]:
+    """The file's lines as str; a line that is not UTF-8 is an error naming its number."""
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise L2VError(f"input file {str(path)!r} does not exist", where="--input",
+                       fix="check the path") from None
+    except IsADirectoryError:
+        raise L2VError(f"input {str(path)!r} is a directory, not a file", where="--input",
+                       fix="give a .txt or .jsonl file") from None
+    except OSError as e:
+        raise L2VError(f"cannot read input file {str(path)!r}: {e.strerror}", where="--input") from None
+    raw = data.split(b"\n")
+    if raw and raw[-1] == b"":
+        raw.pop()  # the newline that ends the last line does not start another
+    lines = []
+    for n, b in enumerate(raw, start=1):
+        if b.endswith(b"\r"):
+            b = b[:-1]
+        try:
+            lines.append(b.decode("utf-8-sig" if n == 1 else "utf-8"))
+        except UnicodeDecodeError as e:
+            raise L2VError(f"line {n} is not valid UTF-8 (byte 0x{b[e.start]:02x} at column {e.start + 1})",
+                           where=f"{path}:{n}",
+                           fix="re-encode the file as UTF-8, e.g. `iconv -f latin1 -t utf-8`") from None
+    return lines
+
+
+def read_texts(path: str | Path) -> list[str]:
+    """Read texts from a .txt (one per line) or .jsonl (`text` key) file, strictly."""
+    path = Path(path)
+    kind = INPUT_SUFFIXES.get(path.suffix.lower())
+    if kind is None:
+        raise L2VError(f"unsupported input file type {path.suffix or '(none)'!r}", where=str(path),
+                       fix="use a .txt file (one text per line) or a .jsonl file with a 'text' key")
+    lines = _decode_lines(path)
+    if not any(line.strip() for line in lines):
+        raise L2VError(f"input file {str(path)!r} is empty (no texts)", where="--input",
+                       fix="put one text per line (.txt) or one {\"text\": ...} object per line (.jsonl)")
+    if kind == "txt":
+        return lines
+    texts = []
+    for n, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise L2VError(f"line {n} is not valid JSON: {e.msg} at column {e.colno}", where=f"{path}:{n}",
+                           fix="each line must be a JSON object like {\"text\": \"...\"}") from None
+        if not isinstance(obj, dict) or "text" not in obj:
+            got = f"keys {sorted(obj)[:5]}" if isinstance(obj, dict) else f"a JSON {type(obj).__name__}"
+            raise L2VError(f"line {n} has no 'text' key (got {got})", where=f"{path}:{n}",
+                           fix="each line must be a JSON object like {\"text\": \"...\"}")
+        if not isinstance(obj["text"], str):
+            raise L2VError(f"line {n}: 'text' is a JSON {type(obj['text']).__name__}, not a string",
+                           where=f"{path}:{n}", fix="make 'text' a string")
+        texts.append(obj["text"])
+    return texts
+
+
+def _open_output(output: Path):
+    """Check OUT early and return an open temp file beside it (renamed onto OUT at the end)."""
+    if output.suffix != ".npy":
+        raise L2VError(f"output {str(output)!r} must end in .npy", where="--output",
+                       fix=f"use e.g. --output {output.with_suffix('.npy')}")
+    if output.is_dir():
+        raise L2VError(f"output {str(output)!r} is a directory", where="--output", fix="give a file name ending in .npy")
+    folder = output.parent
+    blocker = next((p for p in [folder, *folder.parents] if p.exists()), None)
+    if blocker is not None and not blocker.is_dir():
+        raise L2VError(f"cannot write {str(output)!r}: {str(blocker)!r} is a file, not a folder",
+                       where="--output", fix="choose a writable location")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        return tempfile.NamedTemporaryFile(dir=folder, prefix=f".{output.name}.", suffix=".tmp", delete=False)
+    except OSError as e:
+        raise L2VError(f"cannot write to output folder {str(folder)!r}: {e.strerror or e}", where="--output",
+                       fix="choose a writable location") from None
+
+
+def encode_command(
+    model: str = typer.Argument(..., help="Model: folder, .gguf, alias (`l2v models`), hub id or tiny-<arch>."),
+    input: Path = typer.Option(..., "--input", "-i", help="Texts: .txt (one per line) or .jsonl (a 'text' key per line)."),
+    output: Path = typer.Option(..., "--output", "-o", help="Where to write the (N, D) float32 matrix (.npy)."),
+    pooling: str = typer.Option("mean", "--pooling", "-p", help="mean | weighted_mean | last_token | eos | bos."),
+    instruction: Optional[str] = typer.Option(None, "--instruction", help="Prefix attended to but not pooled, e.g. 'Retrieve similar text: '."),
+    normalize: bool = typer.Option(False, "--normalize", help="Scale each embedding to unit length."),
+    max_length: int = typer.Option(512, "--max-length", min=1, help="Tokens per text, instruction included (the text is truncated)."),
+    batch_size: int = typer.Option(32, "--batch-size", min=1, help="Texts per forward pass."),
+    dtype: str = typer.Option("auto", "--dtype", help="auto (bf16 where native, else fp32) | bfloat16 | float16 | float32."),
+    attn_implementation: str = typer.Option("sdpa", "--attn-implementation", help="sdpa | eager | flash_attention_2 | auto."),
+    bidirectional: Optional[bool] = typer.Option(None, "--bidirectional/--causal", help="Force the attention mode (default: as saved in the model's config)."),
+    trust_remote_code: bool = typer.Option(False, "--trust-remote-code", help="Allow model code from the model folder/hub repo."),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar (stderr)."),
+) -> None:
+    """Embed every text in FILE with MODEL and save the matrix as a .npy file."""
+    from l2v_cli.encoding import check_pooling
+
+    check_pooling(pooling)
+    texts = read_texts(input)
+    tmp = _open_output(output)
+    try:
+        import time
+
+        import numpy as np
+        from rich.console import Console
+
+        from l2v_cli.encoding.encoder import Encoder
+        from l2v_cli.utils.device import resolve_dtype
+
+        resolve_dtype(dtype)  # unknown names fail before the weights load
+        try:
+            from transformers.utils import logging as hf_logging
+
+            hf_logging.disable_progress_bar()
+        except Exception:
+            pass
+        console = Console(stderr=True)
+        t_load = time.perf_counter()
+        enc = Encoder.from_pretrained(model, pooling=pooling, dtype=dtype, max_length=max_length,
+                                      attn_implementation=attn_implementation, bidirectional=bidirectional,
+                                      trust_remote_code=trust_remote_code)
+        t_load = time.perf_counter() - t_load
+        t0 = time.perf_counter()
+        emb = enc.encode(texts, instruction=instruction, batch_size=batch_size, normalize=normalize,
+                         show_progress=progress and console.is_terminal)
+        secs = time.perf_counter() - t0
+        np.save(tmp, emb, allow_pickle=False)
+        tmp.flush()
+        os.fsync(tmp.fileno())
+        tmp.close()
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp.name, 0o666 & ~umask)  # temp files are private (0600); the result is not
+        os.replace(tmp.name, output)
+    except BaseException:
+        tmp.close()
+        if os.path.exists(tmp.name):
+            os.unlink(tmp.name)
+        raise
+    stats = enc.last_stats
+    console.print(
+        f"encoded [bold]{len(texts)}[/] texts → {output} ({emb.shape[0]}×{emb.shape[1]} float32) "
+        f"in {secs:.2f} s: [bold]{len(texts) / max(secs, 1e-9):.1f}[/] sentences/s, "
+        f"{stats.get('tokens', 0)} tokens; pooling={pooling}, dtype={str(enc.dtype).replace('torch.', '')}, "
+        f"device={enc.device}, model loaded in {t_load:.1f} s",
+        highlight=False, soft_wrap=True,
+    )
 
 
 def register(app) -> None:
-    pass
+    app.command("encode", no_args_is_help=True)(encode_command)

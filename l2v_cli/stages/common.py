@@ -112,8 +112,8 @@ def finish_stage(out: Path, trainer, tokenizer, stage: str, chain: Chain, extra:
     barrier()
 
 
-def write_ledger(out: Path, rows: list[int]) -> None:
-    """Which training rows this process saw (per rank): shows how data was sharded."""
+def write_ledger(out: Path, rows: list) -> None:
+    """Which training rows this process trained on since it started (per rank): shows the sharding."""
     d = out / "ledger"
     d.mkdir(exist_ok=True)
     (d / f"rank-{os.environ.get('RANK', '0')}.json").write_text(json.dumps(rows))

@@ -127,6 +127,7 @@ def enable_bidir(model_spec: str | Path, out: str | Path, *, attn_implementation
     from l2v_cli.modeling.bidir import architecture_name, probe_bidirectional
     from l2v_cli.modeling.loading import load_model
     from l2v_cli.utils.device import DTYPES
+
     save_dtype = source_dtype(resolved.path) if dtype == "original" else dtype
 
     t = time.perf_counter()

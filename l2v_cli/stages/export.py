@@ -47,9 +47,10 @@ not keep it). With instructions, `include_prompt: false` excludes the prompt fro
 
 Known differences, measured by tests/test_export.py (and named in the model card):
   * sentence-transformers tokenises prompt + text as ONE string, we tokenise them separately. They
-    agree when no token straddles the boundary; an instruction ending in a space ("query: ") does
-    not (byte-level BPE merges the space into the text's first word), so end instructions with
-    ":" or a newline. `export` warns when it finds such a boundary.
+    agree when no token straddles the boundary: an instruction ending in ":" is safe; one ending in
+    a space ("query: ") is not (byte-level BPE merges the space into the text's first word); one
+    ending in a newline is safe unless the text starts with whitespace (SmolLM2 merges "\n" + " ").
+    `export` warns when it finds such a boundary (and notes the whitespace case in the card).
   * weighted_mean with a prompt: sentence-transformers keeps each text token's absolute position
     weight, we restart the weights at the text; without a prompt they agree.
   * truncation: we truncate the text only (instruction and special tokens kept), sentence-
@@ -207,6 +208,25 @@ def _check_adapter(path: Path, what: str) -> None:
                            "stage3_gather_16bit_weights_on_model_save: true, or consolidate it with zero_to_fp32.py")
 
 
+def _locate(path: str, anchor: Path) -> str:
+    """A relative path recorded in a stage.json was relative to the directory training ran in:
+    try the current directory, then each folder above the stage folder (`anchor`)."""
+    q = Path(path).expanduser()
+    if q.is_absolute():
+        return str(q)
+    for base in [Path.cwd(), *anchor.parents]:
+        if (base / q).exists():
+            return str((base / q).absolute())
+    return str(q)
+
+
+def _anchored(chain: Chain, anchor: Path) -> Chain:
+    base = chain.base_model
+    if not Path(base).expanduser().is_absolute() and (Path(base).exists() or "/" in base or base.startswith(".")):
+        base = _locate(base, anchor)
+    return Chain(base, [_locate(a, anchor) for a in chain.adapters], chain.source)
+
+
 def _plain_model_chain(p: Path) -> Chain:
     from l2v_cli.stages.common import read_chain
 
@@ -233,14 +253,16 @@ def resolve_source(source: str | Path, stage_input: str | Path | None = None) ->
         raise L2VError(f"SOURCE {p} is not a folder", where=str(p),
                        fix="give a training-stage folder, a checkpoint (STAGE/step-NNNNNN) or a model folder")
     p = p.absolute()
+    if p.name == "adapter" and (p / "adapter_config.json").exists() and (p.parent / STAGE_FILE).exists():
+        p = p.parent  # STAGE/adapter given: export the stage it belongs to
 
     # 1. a completed training stage
     if (p / STAGE_FILE).exists():
-        chain = read_chain(p)
+        chain = _anchored(read_chain(p), p)
         for i, a in enumerate(chain.adapters):
             _check_adapter(Path(a), f"adapter {i + 1}/{len(chain.adapters)} of the chain:")
         stages = [_stage_info(Path(a)) for a in chain.adapters]
-        return ExportSource("stage", p, chain, stages, Path(chain.adapters[-1]))
+        return ExportSource("stage", p, chain, stages, _tok_dir(chain))
 
     # 2. a checkpoint inside a stage
     if STEP_RE.match(p.name) or p.name.startswith("checkpoint-"):
@@ -252,7 +274,7 @@ def resolve_source(source: str | Path, stage_input: str | Path | None = None) ->
             _check_adapter(p, "checkpoint")
             if (stage_dir / STAGE_FILE).exists():
                 rec = _read_json(stage_dir / STAGE_FILE)
-                prior = Chain(rec["base_model"], list(rec["adapters"]), rec.get("source"))
+                prior = _anchored(Chain(rec["base_model"], list(rec["adapters"]), rec.get("source")), stage_dir)
             elif stage_input is not None:
                 prior = _chain_of_input(stage_input)
             else:
@@ -296,7 +318,7 @@ def _chain_of_input(stage_input) -> Chain:
     if not q.is_dir():
         raise L2VError(f"--stage-input {q} is not a folder", where="--stage-input",
                        fix="give the model or previous stage folder the stage was trained from")
-    return read_chain(q.absolute())
+    return _anchored(read_chain(q.absolute()), q.absolute())
 
 
 def _has_tokenizer(p: Path) -> bool:
@@ -545,17 +567,18 @@ def _write_tokenizer(tmp: Path, tok_dir: Path, pooling: str) -> dict:
             "prefix": prefix, "suffix": suffix, "tokenizer": tok}
 
 
-def _boundary_unsafe(tok, instruction: str) -> bool:
-    """True when tokenising instruction + text as one string (what sentence-transformers does)
-    differs from tokenising them separately (what `l2v encode` does) for common texts."""
-    probes = ["hello world", "The cat sat.", "What is 2 + 2?", "42 apples", "Hello"]
+def _boundary_check(tok, instruction: str) -> tuple[bool, bool]:
+    """Does tokenising instruction + text as ONE string (what sentence-transformers does) differ from
+    tokenising them separately (what `l2v encode` does)? (for ordinary texts, for texts that start
+    with whitespace)."""
     ins = tok(instruction, add_special_tokens=False)["input_ids"]
-    for t in probes:
-        sep = ins + tok(t, add_special_tokens=False)["input_ids"]
-        joint = tok(instruction + t, add_special_tokens=False)["input_ids"]
-        if sep != joint:
-            return True
-    return False
+
+    def differs(probes):
+        return any(ins + tok(t, add_special_tokens=False)["input_ids"]
+                   != tok(instruction + t, add_special_tokens=False)["input_ids"] for t in probes)
+
+    return (differs(["hello world", "The cat sat.", "What is 2 + 2?", "42 apples", "Hello", "'quoted'"]),
+            differs(["  two spaces", " one space", "\nnew line", "\tTab"]))
 
 
 # --------------------------------------------------------------------------- sentence-transformers files
@@ -778,8 +801,9 @@ def _model_card(out_name: str, src: ExportSource, *, pooling: str, normalize: bo
               "every text in it" + (" (the source model had one; it was removed)." if tok_facts.get("had_chat_template")
                                      else "."),
               "* sentence-transformers tokenises prompt + text as one string; `l2v encode --instruction` tokenises "
-              "them separately. They agree when the instruction ends in \":\" or a newline, not when it ends in a "
-              "space. An empty text with a prompt is a zero vector in sentence-transformers.",
+              "them separately. They agree when the instruction ends in \":\"; not when it ends in a space; with a "
+              "newline, not for texts that start with whitespace. An empty text with a prompt is a zero vector "
+              "in sentence-transformers.",
               f"* sentence-transformers {ST_LOADS_MIN_VERSION}-5.3 strip whitespace around texts and prompts before "
               f"tokenising, so texts with leading/trailing whitespace differ there; use >= {ST_MIN_VERSION}.",
               "* A bfloat16/float16 export loads in that dtype (transformers 5 default); on a CPU without fast "
@@ -870,12 +894,20 @@ def export(source: str | Path, out: str | Path, *, dtype: str = "float32", pooli
             raise L2VError(f"the tokenizer has {len(tok)} tokens but the model only {rows} embeddings",
                            where=str(src.tokenizer_dir), fix="the tokenizer does not belong to this chain")
         for name, ins in (("query", query_instruction), ("document", document_instruction)):
-            if ins and _boundary_unsafe(tok, ins):
+            if not ins:
+                continue
+            ordinary, leading_ws = _boundary_check(tok, ins)
+            if ordinary:
                 msg = (f"the {name} instruction {ins!r} merges with the text's first token when tokenised as one "
                        "string (as sentence-transformers does): its embeddings will differ from `l2v encode "
-                       "--instruction`; end the instruction with ':' or a newline, not a space")
+                       "--instruction`; end the instruction with a non-space character such as ':'")
                 warnings_.append(msg)
                 _warn(msg)
+            elif leading_ws:
+                warnings_.append(f"the {name} instruction {ins!r} merges with leading whitespace of a text when "
+                                 "tokenised as one string: for texts that start with whitespace sentence-transformers "
+                                 "differs from `l2v encode --instruction` (strip such texts, or end the instruction "
+                                 "with ':')")
         decoder.to(DTYPES[dtype])
         decoder.config.is_causal = False
         decoder.save_pretrained(tmp, max_shard_size=shard)

@@ -23,22 +23,29 @@ class RowSeededMasking:
 
     def __init__(self, collator):
         self.collator = collator
-        self.seen: list[int] = []  # rows this process trained on (written to ledger/rank-N.json)
 
     def __call__(self, rows):
-        self.seen.extend(int(r["idx"]) for r in rows)
-        step = min(int(r["idx"]) for r in rows)
-        return self.collator([{"input_ids": r["input_ids"]} for r in rows], step=step)
+        import torch
+
+        idx = [int(r["idx"]) for r in rows]
+        batch = self.collator([{"input_ids": r["input_ids"]} for r in rows], step=min(idx))
+        batch["idx"] = torch.tensor(idx)
+        return batch
 
 
 class MntpTrainer(L2VTrainer):
     softcap: float | None = None
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.ledger: list[list[int]] = []  # [epoch, row] this process trained on (ledger/rank-N.json)
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         from l2v_cli.data.mntp import mntp_loss
         from l2v_cli.training.lora import unwrap
 
         labels = inputs.pop("labels")
+        self.ledger.extend([int(self.state.epoch or 0), int(i)] for i in inputs.pop("idx"))
         self.count_tokens(inputs["attention_mask"])
         # logits_to_keep=1: the full-vocabulary head is skipped; mntp_loss applies it at masked positions only.
         out = model(**inputs, output_hidden_states=True, logits_to_keep=1, use_cache=False)
@@ -96,7 +103,7 @@ def train_mntp(recipe, input_model: str | Path, out: str | Path, *, resume: bool
     args = build_training_args(cfg.train, out, bf16=dtype == torch.bfloat16, deepspeed=deepspeed,
                                seed=recipe.seed)
     with args.main_process_first(desc="tokenize"):  # rank 0 fills the token cache, the rest reuse it
-        texts = load_texts(cfg.data)
+        texts = load_texts(cfg.data, key="mntp.data")
         ds = group_texts(tokenize_texts(texts, tok, max_length=None), cfg.max_seq_length, tok.eos_token_id)
     ds = ds.add_column("idx", list(range(len(ds))))
     collator = RowSeededMasking(MntpCollator(tok, mask_id, cfg.mask_probability, cfg.mask_strategy,
@@ -106,7 +113,7 @@ def train_mntp(recipe, input_model: str | Path, out: str | Path, *, resume: bool
                           callbacks=[JsonlMetrics(out), RichProgress(f"MNTP {out.name}")])
     trainer.softcap = logit_softcap(model.config)
     trainer.train(resume_from_checkpoint=str(last) if last else None)
-    write_ledger(out, collator.seen)
+    write_ledger(out, trainer.ledger)
     finish_stage(out, trainer, tok, "train-mntp", chain,
                  {"steps": trainer.state.global_step, "mask_token_id": mask_id})
     return out

@@ -58,7 +58,7 @@ def train_simcse(recipe, input_model: str | Path, out: str | Path, *, resume: bo
     tok = loaded.tokenizer
     encoder = Encoder(model, tok, pooling=cfg.pooling, max_length=cfg.max_seq_length)
 
-    ds = load_texts(cfg.data)
+    ds = load_texts(cfg.data, key="simcse.data")
     args = build_training_args(cfg.train, out, bf16=dtype == torch.bfloat16, deepspeed=deepspeed,
                                seed=recipe.seed)
     trainer = SimcseTrainer(model=model, args=args, train_dataset=ds, data_collator=TextCollator(encoder),

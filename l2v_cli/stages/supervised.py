@@ -80,7 +80,7 @@ def train_supervised(recipe, input_model: str | Path, out: str | Path, *, resume
     scfg = stage_config(recipe, "supervised")
     last = prepare_stage_dir(out, scfg, resume, force)
     write_config(out, recipe)
-    sets = load_supervised(cfg)
+    sets = load_supervised(cfg, key="supervised")
     chain = read_chain(input_model)
     model, loaded, dtype = load_training_model(recipe, chain, lm_head=True)
     model = add_lora(model, cfg.lora, cfg.train.gradient_checkpointing, seed=recipe.seed)
