@@ -26,7 +26,7 @@ app = typer.Typer(
 
 # Each module has `register(app)`; heavy imports (torch, transformers) stay inside the commands
 # so `l2v --help` is instant.
-COMMAND_MODULES = ["models_cmd", "recipes_cmd", "bidir_cmd", "encode_cmd", "train_cmd"]
+COMMAND_MODULES = ["models_cmd", "recipes_cmd", "bidir_cmd", "encode_cmd", "train_cmd", "export_cmd", "eval_cmd", "convert_cmd"]
 
 
 @app.callback()

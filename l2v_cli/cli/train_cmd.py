@@ -17,23 +17,50 @@ HELP = {
 }
 
 
-def run_stage_command(stage: str, input_model: str, out: Path, recipe_name: str, overrides: list[str],
-                      *, resume: bool = True, force: bool = False, gpus: int | None = None,
-                      nodes: int | None = None, hostfile: str | None = None, launcher: str | None = None,
-                      deepspeed: str | None = None, master_port: int | None = None, recipe=None) -> Path:
-    """Run one training stage, in this process or under a launcher (the CLI never joins the group)."""
+def launch_spec(r, *, gpus=None, nodes=None, hostfile=None, launcher=None, deepspeed=None, master_port=None):
+    """The launch settings: command-line options over the recipe's `launcher` section, then SLURM."""
     from l2v_cli import launch as L
-    from l2v_cli.config import dump_recipe_yaml, load_recipe
-    from l2v_cli.stages.worker import run_stage
 
-    r = recipe or load_recipe(recipe_name, overrides)
     lc = r.launcher
     spec = L.Launch(launcher=launcher or lc.launcher, gpus=gpus or lc.gpus, nodes=nodes or lc.nodes,
                     hostfile=hostfile or lc.hostfile, master_port=master_port or lc.master_port,
                     deepspeed=L.deepspeed_config(deepspeed or lc.deepspeed))
     if spec.deepspeed and spec.launcher == "none":
         spec.launcher = "deepspeed"
-    spec = L.from_slurm(spec)
+    return L.from_slurm(spec)
+
+
+def _worker_args(stage, input_model, out, recipe_file, resume, force, spec) -> list[str]:
+    args = [stage, str(input_model), str(out), str(recipe_file), "--resume" if resume else "--no-resume"]
+    if force:
+        args.append("--force")
+    if spec.deepspeed:
+        args += ["--deepspeed", spec.deepspeed]
+    return args
+
+
+def worker_argv(stage, input_model, out, recipe, launch_opts: dict) -> str:
+    """The launch command a stage will run (for --dry-run); the recipe file is written at launch."""
+    import shlex
+
+    from l2v_cli import launch as L
+
+    spec = launch_spec(recipe, **launch_opts)
+    if not spec.distributed():
+        return f"(in this process) {stage} {input_model} -> {out}"
+    args = _worker_args(stage, input_model, out, f"{out.parent}/.{out.name}.<tmp>.recipe.yaml", True, False, spec)
+    return shlex.join(L.build_argv(spec, args))
+
+
+def run_stage_command(stage: str, input_model: str, out: Path, recipe_name: str, overrides: list[str],
+                      *, resume: bool = True, force: bool = False, recipe=None, **launch_opts) -> Path:
+    """Run one training stage, in this process or under a launcher (the CLI never joins the group)."""
+    from l2v_cli import launch as L
+    from l2v_cli.config import dump_recipe_yaml, load_recipe
+    from l2v_cli.stages.worker import run_stage
+
+    r = recipe or load_recipe(recipe_name, overrides)
+    spec = launch_spec(r, **launch_opts)
     L.check_launch(spec)
     if not spec.distributed():
         return run_stage(stage, r, input_model, out, resume=resume, force=force, deepspeed=spec.deepspeed)
@@ -41,13 +68,9 @@ def run_stage_command(stage: str, input_model: str, out: Path, recipe_name: str,
     fd, recipe_file = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".recipe.yaml", dir=out.parent)
     with os.fdopen(fd, "w") as f:
         f.write(dump_recipe_yaml(r))
-    args = [stage, str(input_model), str(out), recipe_file, "--resume" if resume else "--no-resume"]
-    if force:
-        args.append("--force")
-    if spec.deepspeed:
-        args += ["--deepspeed", spec.deepspeed]
     try:
-        L.run(L.build_argv(spec, args), out.parent / f"{out.name}.log")
+        L.run(L.build_argv(spec, _worker_args(stage, input_model, out, recipe_file, resume, force, spec)),
+              out.parent / f"{out.name}.log")
     finally:
         os.unlink(recipe_file)
     return out

@@ -174,6 +174,7 @@ class EvalConfig:
     batch_size: int = opt(32, "Texts per encoding batch.", gt=0)
     max_length: int = opt(512, "Truncate texts to this many tokens.", gt=0)
     cache: bool = opt(True, "Reuse cached embeddings / results.")
+    limit: Optional[int] = opt(None, "At most this many items per task (quick runs); null = all.", gt=0)
 
 
 @dataclass

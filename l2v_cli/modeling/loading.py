@@ -56,7 +56,7 @@ def load_model(spec: str | Path, *, dtype: str = "float32", attn_implementation:
     from l2v_cli.modeling.sources import resolve_model
     from l2v_cli.utils.device import default_device, resolve_dtype
 
-    src = resolve_model(str(spec), trust_remote_code=trust_remote_code)
+    src = resolve_model(str(spec), trust_remote_code=trust_remote_code, allow_pickle=allow_pickle)
     check_safetensors(src.path, allow_pickle)
     torch_dtype = resolve_dtype(dtype)
     cls = AutoModelForCausalLM if lm_head else AutoModel

@@ -54,7 +54,11 @@ def make_tiny_model(arch: str, seed: int = 0, attn_implementation: str = "sdpa")
 
     cfg, tok = tiny_config(arch, attn_implementation)
     torch.manual_seed(seed)
-    model = AutoModelForCausalLM.from_config(cfg, attn_implementation=attn_implementation)
+    try:
+        model = AutoModelForCausalLM.from_config(cfg, attn_implementation=attn_implementation)
+    except ValueError:  # no sdpa path for this architecture (Gemma-2): eager always exists
+        torch.manual_seed(seed)
+        model = AutoModelForCausalLM.from_config(cfg, attn_implementation="eager")
     return model.float().eval(), tok
 
 

@@ -1,0 +1,51 @@
+"""`l2v export SOURCE -o OUT`: merge a trained chain into one sentence-transformers / transformers folder."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+
+def export_command(
+    source: Path = typer.Argument(..., metavar="SOURCE", help="A finished training-stage folder, a checkpoint "
+                                  "(STAGE/step-NNNNNN) or a bidirectional model folder (from `l2v enable-bidir`)."),
+    out: Path = typer.Option(..., "-o", "--out", "--output", help="Folder to write (must not exist unless --overwrite)."),
+    dtype: str = typer.Option("float32", "--dtype", help="Weight dtype on disk: float32, bfloat16 or float16."),
+    pooling: str = typer.Option("mean", "--pooling", "-p", help="mean | weighted_mean | last_token | eos | bos "
+                                "(written to the sentence-transformers Pooling config)."),
+    normalize: bool = typer.Option(False, "--normalize", help="Add a Normalize module (unit-length embeddings)."),
+    query_instruction: Optional[str] = typer.Option(None, "--query-instruction", help="Prompt for queries "
+                                                    "(sentence-transformers prompt_name='query'); attended to, not pooled."),
+    document_instruction: Optional[str] = typer.Option(None, "--document-instruction", help="Prompt for documents "
+                                                       "(default: none)."),
+    max_shard_size: str = typer.Option("5GB", "--max-shard-size", help="Largest safetensors shard, e.g. 5GB, 500MB."),
+    max_seq_length: int = typer.Option(512, "--max-seq-length", min=1, help="sentence-transformers max_seq_length."),
+    stage_input: Optional[Path] = typer.Option(None, "--stage-input", help="For a checkpoint of an unfinished stage: "
+                                               "the INPUT that stage was trained from."),
+    verify: bool = typer.Option(True, "--verify/--no-verify", help="Reload OUT with plain transformers and probe "
+                                "that it is bidirectional (default on)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace OUT if it exists (only once the new one is complete)."),
+) -> None:
+    """Merge SOURCE's adapter chain into the weights and write a sentence-transformers model folder."""
+    from l2v_cli.encoding import check_pooling
+
+    check_pooling(pooling)  # before anything heavy is imported
+    from l2v_cli.stages.export import export
+
+    rep = export(source, out, dtype=dtype, pooling=pooling, normalize=normalize, max_shard_size=max_shard_size,
+                 query_instruction=query_instruction, document_instruction=document_instruction,
+                 overwrite=overwrite, max_seq_length=max_seq_length, stage_input=stage_input, verify=verify,
+                 report=True)
+    n = len(rep.chain.adapters)
+    typer.echo(f"wrote {rep.out}  ({rep.source_kind}: base {rep.chain.base_model} + {n} adapter"
+               f"{'' if n == 1 else 's'} merged; pooling={rep.pooling}, normalize={rep.normalize}, "
+               f"dtype={rep.dtype}{', verified bidirectional' if rep.verified else ''}) in {rep.seconds:.1f}s",
+               err=True)
+    typer.echo(f"load it: SentenceTransformer({str(rep.out)!r})", err=True)
+
+
+def register(app) -> None:
+    app.command("export", help="Merge a trained chain into a sentence-transformers / transformers model folder.")(
+        export_command)

@@ -1,0 +1,162 @@
+"""Embedding cache: a rerun of `l2v eval` (same model, settings and texts) encodes nothing.
+
+One `.npy` file per encode call, under `$L2V_CACHE/embeddings/` (default
+`~/.cache/l2v/embeddings/`), named by a SHA-256 of everything that determines the vectors:
+
+  model fingerprint   the model folder's absolute path, plus name, size and mtime of its
+                      config.json and every *.safetensors file (retraining in place → new key)
+  pooling, dtype, max_length, attention mode (bidirectional or causal, as actually loaded)
+  instruction         the exact prefix string, or none
+  texts               SHA-256 of the texts, in order
+
+Embeddings are stored unnormalised (float32); files are written to a temp name in the same
+folder and renamed, so a crash or a parallel run never leaves a half-written entry. An unreadable
+or mis-shaped entry counts as a miss and is rewritten. An Encoder built in Python without a
+model folder (`Encoder(model, tokenizer)`) has no fingerprint and is never cached.
+Delete the folder to clear the cache.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import numpy as np
+
+CACHE_VERSION = 1
+
+
+def cache_dir() -> Path:
+    from l2v_cli.modeling.aliases import cache_root
+
+    return cache_root() / "embeddings"
+
+
+def model_fingerprint(path: str | Path | None) -> str | None:
+    """A short hash of the model folder's identity and weight files; None without a folder."""
+    if path is None:
+        return None
+    p = Path(path).expanduser()
+    if not p.is_dir():
+        return None
+    p = p.resolve()
+    parts = [str(p)]
+    for f in sorted([p / "config.json", *p.glob("*.safetensors")]):
+        try:
+            st = f.stat()
+        except OSError:
+            continue
+        parts.append(f"{f.name}:{st.st_size}:{st.st_mtime_ns}")
+    return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]
+
+
+def texts_hash(texts: Iterable[str]) -> str:
+    h = hashlib.sha256()
+    for t in texts:
+        b = t.encode("utf-8", "surrogatepass")
+        h.update(len(b).to_bytes(8, "little"))
+        h.update(b)
+    return h.hexdigest()
+
+
+def encoder_settings(encoder) -> dict:
+    """What, besides the texts and instruction, decides an Encoder's vectors."""
+    from l2v_cli.modeling.bidir import is_bidirectional_config
+
+    cfg = getattr(getattr(encoder, "_backbone", None), "config", None) or getattr(encoder.model, "config", None)
+    return {
+        "model": model_fingerprint(getattr(encoder, "path", None)),
+        "pooling": encoder.pooling,
+        "dtype": str(encoder.dtype).replace("torch.", ""),
+        "max_length": encoder.max_length,
+        "bidirectional": bool(cfg is not None and is_bidirectional_config(cfg)),
+    }
+
+
+class EmbeddingCache:
+    """Get/put float32 matrices by key, atomically, in one folder."""
+
+    def __init__(self, root: str | Path | None = None):
+        self.root = Path(root) if root is not None else cache_dir()
+
+    @staticmethod
+    def key(settings: dict, instruction: str | None, texts: Sequence[str]) -> str:
+        blob = json.dumps({"v": CACHE_VERSION, **settings, "instruction": instruction or "",
+                           "texts": texts_hash(texts), "n": len(texts)}, sort_keys=True)
+        return hashlib.sha256(blob.encode()).hexdigest()
+
+    def path(self, key: str, model: str | None) -> Path:
+        return self.root / (model or "unknown") / f"{key[:32]}.npy"
+
+    def get(self, key: str, model: str | None, n: int) -> np.ndarray | None:
+        p = self.path(key, model)
+        try:
+            arr = np.load(p, allow_pickle=False)
+        except (OSError, ValueError, EOFError):
+            return None
+        if arr.ndim != 2 or arr.shape[0] != n or arr.dtype != np.float32:
+            return None
+        return arr
+
+    def put(self, key: str, model: str | None, arr: np.ndarray) -> Path | None:
+        """Write atomically; a cache that cannot be written is skipped, never fatal."""
+        p = self.path(key, model)
+        try:
+            p.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=p.parent, prefix=f".{p.stem}.", suffix=".tmp")
+            try:
+                with os.fdopen(fd, "wb") as f:
+                    np.save(f, np.ascontiguousarray(arr, dtype=np.float32), allow_pickle=False)
+                os.replace(tmp, p)
+            except BaseException:
+                if os.path.exists(tmp):
+                    os.unlink(tmp)
+                raise
+        except OSError:
+            return None
+        return p
+
+
+class CachedEncoder:
+    """Wraps an `Encoder` with the embedding cache; same `encode` call, plus counters.
+
+    `encoded` counts texts actually run through the model, `cached` texts served from disk.
+    `normalize` is applied after the cache, so normalised and raw calls share an entry.
+    """
+
+    def __init__(self, encoder, cache: bool = True, batch_size: int = 32, root: str | Path | None = None,
+                 show_progress: bool = False):
+        self.encoder = encoder
+        self.batch_size = batch_size
+        self.show_progress = show_progress
+        self.settings = encoder_settings(encoder)
+        self.store = EmbeddingCache(root) if cache and self.settings["model"] else None
+        self.encoded = 0
+        self.cached = 0
+
+    def encode(self, texts: Sequence[str], instruction: str | None = None, batch_size: int | None = None,
+               normalize: bool = False, **_) -> np.ndarray:
+        texts = list(texts)
+        emb = None
+        key = None
+        if self.store is not None and texts:
+            key = self.store.key(self.settings, instruction, texts)
+            emb = self.store.get(key, self.settings["model"], len(texts))
+        if emb is not None:
+            self.cached += len(texts)
+        else:
+            emb = self.encoder.encode(texts, instruction=instruction, batch_size=batch_size or self.batch_size,
+                                      show_progress=self.show_progress)
+            self.encoded += len(texts)
+            if key is not None:
+                self.store.put(key, self.settings["model"], emb)
+        if normalize:
+            emb = emb / np.maximum(np.linalg.norm(emb, axis=1, keepdims=True), 1e-12)
+        return emb
+
+    def __getattr__(self, name):  # dim, name, pooling, ... of the wrapped encoder
+        return getattr(self.encoder, name)

@@ -1,0 +1,161 @@
+"""`l2v convert`: the recipe's stage chain, planned, resumable and invalidated precisely.
+
+OUT/
+  01_enable-bidir/  02_train-mntp/  03_train-simcse/  [04_train-supervised/]   one folder per stage
+  final/            the export (a sentence-transformers / transformers model)
+  eval.json         when the recipe asks for eval
+Each stage folder gets `DONE.json` when it completes: the hash of its config section and of its
+input (the previous stage's DONE hash, or the model spec). A rerun skips stages whose hashes still
+match, resumes the first unfinished one from its last checkpoint, and refuses (without --force)
+when a finished stage's hash changed — naming the first changed stage.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+from l2v_cli.errors import L2VError
+
+DONE = "DONE.json"
+TRAIN = ("train-mntp", "train-simcse", "train-supervised")
+SECTION = {"enable-bidir": "bidir", "train-mntp": "mntp", "train-simcse": "simcse",
+           "train-supervised": "supervised", "export": "export", "eval": "eval"}
+
+
+@dataclass
+class PlannedStage:
+    name: str
+    folder: Path
+    config_hash: str
+    input_hash: str = ""
+    status: str = "run"  # done | resume | run | changed
+    input: str = ""
+
+    @property
+    def hash(self) -> str:
+        return _sha(self.config_hash + self.input_hash)
+
+
+def _sha(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def stage_config_hash(recipe, stage: str) -> str:
+    """What determines a stage's result: its section plus the global settings that reach it."""
+    from l2v_cli.config import recipe_to_dict
+
+    d = recipe_to_dict(recipe)
+    relevant = {"section": d[SECTION[stage]], "dtype": d["dtype"], "seed": d["seed"]}
+    if stage != "enable-bidir":
+        relevant["bidir"] = d["bidir"]
+    if stage in TRAIN:  # checkpointing cadence does not change the weights
+        relevant["section"] = {**relevant["section"],
+                               "train": {k: v for k, v in relevant["section"]["train"].items()
+                                         if k not in ("save_steps", "save_total_limit", "logging_steps")}}
+    return _sha(json.dumps(relevant, sort_keys=True, default=str))
+
+
+def folder_name(i: int, stage: str) -> str:
+    return "final" if stage == "export" else f"{i:02d}_{stage}"
+
+
+def plan(recipe, model: str, out: Path) -> list[PlannedStage]:
+    """Decide what each stage will do, from what is on disk."""
+    stages, prev_hash, prev_folder = [], _sha(f"model:{model}"), model
+    for i, name in enumerate(recipe.stages, start=1):
+        if name == "eval":
+            folder = out / "eval"
+        else:
+            folder = out / folder_name(i, name)
+        st = PlannedStage(name, folder, stage_config_hash(recipe, name), prev_hash, input=str(prev_folder))
+        marker = folder / DONE
+        if marker.exists():
+            st.status = "done" if json.loads(marker.read_text()).get("hash") == st.hash else "changed"
+        elif name in TRAIN and any(folder.glob("step-*")):
+            st.status = "resume"
+        stages.append(st)
+        if name != "eval":
+            prev_hash, prev_folder = st.hash, folder
+    # Everything after a changed or re-run stage must run again.
+    stale = False
+    for st in stages:
+        if stale and st.status == "done":
+            st.status = "changed"
+        if st.status != "done":
+            stale = True
+    return stages
+
+
+def mark_done(st: PlannedStage) -> None:
+    tmp = st.folder / (DONE + ".tmp")
+    tmp.write_text(json.dumps({"stage": st.name, "hash": st.hash, "config_hash": st.config_hash,
+                               "input_hash": st.input_hash}, indent=1))
+    os.replace(tmp, st.folder / DONE)
+
+
+def convert(model: str, recipe, out: str | Path, *, force: bool = False, launch: dict | None = None,
+            dry_run: bool = False, echo=print) -> Path:
+    """Run (or plan) the whole chain. `launch` holds the launcher options of `run_stage_command`."""
+    from l2v_cli.cli.train_cmd import run_stage_command, worker_argv
+
+    out = Path(out).absolute()
+    stages = plan(recipe, model, out)
+    changed = [s for s in stages if s.status == "changed" and (s.folder / DONE).exists()]
+    echo(render_plan(stages))
+    if dry_run:
+        for st in stages:
+            if st.name in TRAIN and st.status != "done":
+                echo(f"{st.name}: $ {worker_argv(st.name, st.input, st.folder, recipe, launch or {})}")
+        return out
+    if changed and not force:
+        first = changed[0]
+        raise L2VError(f"the recipe changed for stage {first.folder.name} (and everything after it), "
+                       f"which already completed with other settings", where=str(first.folder),
+                       fix="pass --force to redo it and the stages after it, or use another -o")
+    out.mkdir(parents=True, exist_ok=True)
+    for st in stages:
+        if st.status == "done":
+            continue
+        if st.status == "changed" and st.folder.exists():
+            shutil.rmtree(st.folder)
+        run_one(st, recipe, launch or {}, run_stage_command)
+        mark_done(st)
+    return out / "final"
+
+
+def run_one(st: PlannedStage, recipe, launch: dict, run_stage_command) -> None:
+    if st.name == "enable-bidir":
+        from l2v_cli.stages.enable_bidir import enable_bidir
+
+        if st.folder.exists() and not (st.folder / DONE).exists():
+            shutil.rmtree(st.folder)  # an enable-bidir folder is written atomically; no partial one
+        enable_bidir(st.input, st.folder, attn_implementation=recipe.bidir.attn_implementation,
+                     verify=recipe.bidir.verify)
+    elif st.name in TRAIN:
+        run_stage_command(st.name, st.input, st.folder, "", [], recipe=recipe, resume=True, **launch)
+    elif st.name == "export":
+        from l2v_cli.stages.export import export_from_recipe
+
+        export_from_recipe(recipe, st.input, st.folder, overwrite=True)
+    elif st.name == "eval":
+        from l2v_cli.eval.runner import evaluate, write_json
+
+        tasks = recipe.eval.tasks or None
+        result = evaluate(st.input, tasks, batch_size=recipe.eval.batch_size,
+                          max_length=recipe.eval.max_length, cache=recipe.eval.cache,
+                          pooling=recipe.export.pooling, limit=recipe.eval.limit)
+        st.folder.mkdir(parents=True, exist_ok=True)
+        write_json(st.folder / "eval.json", result)
+
+
+def render_plan(stages: list[PlannedStage]) -> str:
+    width = max(len(s.folder.name) for s in stages)
+    lines = ["stage plan:"]
+    for s in stages:
+        lines.append(f"  {s.folder.name:<{width}}  {s.status:<7}  {s.name}")
+    return "\n".join(lines)
