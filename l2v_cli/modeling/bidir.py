@@ -69,7 +69,7 @@ def _hidden(model, input_ids, attention_mask=None) -> torch.Tensor:
         # Positions count real tokens only, so left padding does not shift them.
         kwargs["position_ids"] = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
     out = model(**kwargs)
-    return out.hidden_states[-1].float()
+    return out.hidden_states[-1].detach().float()
 
 
 def architecture_name(model) -> str:

@@ -35,6 +35,7 @@ def read_chain(input_path: str | Path) -> Chain:
     """The chain behind a stage input: a completed training-stage folder, or a plain MODEL."""
     p = Path(input_path)
     if (p / STAGE_FILE).exists():
+        p = p.resolve()  # stage.json records absolute adapter paths, whatever the working directory
         s = json.loads((p / STAGE_FILE).read_text())
         return Chain(s["base_model"], list(s["adapters"]) + [str(p / "adapter")], s.get("source"))
     if p.is_dir() and any(p.glob("step-*")) and not (p / "config.json").exists():

@@ -117,6 +117,7 @@ def convert(model: str, recipe, out: str | Path, *, force: bool = False, launch:
         raise L2VError(f"the recipe changed for stage {first.folder.name} (and everything after it), "
                        f"which already completed with other settings", where=str(first.folder),
                        fix="pass --force to redo it and the stages after it, or use another -o")
+    preflight(recipe, out, [s.name for s in stages if s.status != "done"], launch or {})
     out.mkdir(parents=True, exist_ok=True)
     for st in stages:
         if st.status == "done":
@@ -128,6 +129,41 @@ def convert(model: str, recipe, out: str | Path, *, force: bool = False, launch:
     return out / "final"
 
 
+def check_run_folder(out: Path, where: str = "-o") -> None:
+    """OUT must be (or become) a folder: neither it nor any parent may be a file."""
+    out = Path(out)
+    blocker = next((p for p in [out, *out.parents] if p.exists()), None)
+    if blocker is not None and not blocker.is_dir():
+        what = f"{out} exists and is a file" if blocker == out else f"{blocker} (a parent of {out}) is a file"
+        raise L2VError(f"cannot use {out} as the run folder: {what}", where=where,
+                       fix="choose another -o (a folder path)")
+
+
+def check_stage_data(recipe, stage: str) -> None:
+    """A local data path of a training stage must exist (checked before anything is written)."""
+    from l2v_cli.data.text import looks_local, missing_path_error
+    from l2v_cli.utils.paths import resolve_data_path
+
+    section = SECTION[stage]
+    data = getattr(recipe, section).data
+    for name in (data.path if isinstance(data.path, list) else [data.path] if data.path else []):
+        if data.format != "hub" and looks_local(name) and not resolve_data_path(name).exists():
+            raise missing_path_error(name, f"{section}.data")
+
+
+def preflight(recipe, out: Path, stages: list[str], launch: dict) -> None:
+    """Cheap checks of what the stages to run need, before the first one writes anything."""
+    check_run_folder(out)
+    train = [s for s in stages if s in TRAIN]
+    if train:
+        from l2v_cli import launch as L
+        from l2v_cli.cli.train_cmd import launch_spec
+
+        L.check_launch(launch_spec(recipe, **launch))
+    for name in train:
+        check_stage_data(recipe, name)
+
+
 def run_one(st: PlannedStage, recipe, launch: dict, run_stage_command) -> None:
     if st.name == "enable-bidir":
         from l2v_cli.stages.enable_bidir import enable_bidir
@@ -137,6 +173,10 @@ def run_one(st: PlannedStage, recipe, launch: dict, run_stage_command) -> None:
         enable_bidir(st.input, st.folder, attn_implementation=recipe.bidir.attn_implementation,
                      verify=recipe.bidir.verify)
     elif st.name in TRAIN:
+        from l2v_cli.stages.common import STAGE_FILE
+
+        if (st.folder / STAGE_FILE).exists():  # finished, but killed before DONE was written
+            return
         run_stage_command(st.name, st.input, st.folder, "", [], recipe=recipe, resume=True, **launch)
     elif st.name == "export":
         from l2v_cli.stages.export import export_from_recipe

@@ -12,6 +12,7 @@ complete, and the old one is deleted after the swap.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import shutil
 from pathlib import Path
@@ -52,11 +53,33 @@ def _normal_permissions(folder: Path) -> None:
     os.chmod(folder, 0o777 & ~umask)
 
 
+def _is_disk_full(e: BaseException) -> bool:
+    return isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT)
+
+
+def _disk_full(out: Path, what: str) -> L2VError:
+    """ENOSPC while writing: one clear line (the temp folder is already gone, OUT untouched)."""
+    try:
+        free = f" ({shutil.disk_usage(out.parent).free / 2**30:.1f} GiB free now)"
+    except OSError:
+        free = ""
+    return L2VError(f"disk full while writing {what} {out}{free}; nothing was written", where=str(out.parent),
+                    fix="free space on that disk (or choose a path on another disk), then rerun")
+
+
 def _remove(path: Path) -> None:
     if path.is_symlink() or path.is_file():
         path.unlink(missing_ok=True)
     elif path.exists():
         shutil.rmtree(path, ignore_errors=True)
+
+
+def _remove_orphans(out: Path) -> None:
+    """Temp folders of writers that were killed (kill -9 leaves them): their pid is gone."""
+    for p in out.parent.glob(f".{out.name}.tmp-*"):
+        pid = p.name.rsplit("-", 1)[-1]
+        if pid.isdigit() and int(pid) != os.getpid() and not Path(f"/proc/{pid}").exists():
+            _remove(p)
 
 
 @contextlib.contextmanager
@@ -74,6 +97,7 @@ def atomic_dir(out: str | Path, overwrite: bool = False, what: str = "OUT") -> I
             raise L2VError(f"{what} {out} exists and is not a folder; refusing to replace it",
                            where=str(out), fix="remove it yourself or choose another path")
     check_writable_parent(out, what)
+    _remove_orphans(out)
     tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
     _remove(tmp)  # a leftover from a crashed run with the same pid
     tmp.mkdir()
@@ -92,8 +116,10 @@ def atomic_dir(out: str | Path, overwrite: bool = False, what: str = "OUT") -> I
             _remove(old)
         else:
             os.replace(tmp, out)
-    except BaseException:
+    except BaseException as e:
         _remove(tmp)
+        if _is_disk_full(e):
+            raise _disk_full(out, what) from e
         raise
 
 
@@ -122,5 +148,10 @@ def atomic_cache_dir(target: str | Path, what: str = "the l2v cache (set L2V_CAC
         except OSError:
             if not target.is_dir():  # not a lost race: a real failure
                 raise
+    except OSError as e:
+        if _is_disk_full(e):
+            _remove(tmp)
+            raise _disk_full(target, what) from e
+        raise
     finally:
         _remove(tmp)

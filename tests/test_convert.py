@@ -1,0 +1,101 @@
+"""Spec: `l2v convert` chains the stages, skips what is done, refuses silent invalidation, survives kill -9."""
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+# Small enough for seconds per stage; checkpoints every 2 steps so a kill mid-stage has one to resume.
+TINY = ["mntp.data.max_samples=60", "simcse.data.max_samples=60", "supervised.data.max_samples=16",
+        "mntp.train.max_steps=4", "simcse.train.max_steps=4", "supervised.train.max_steps=4",
+        "mntp.train.save_steps=2", "simcse.train.save_steps=2", "supervised.train.save_steps=2",
+        "eval.limit=16"]
+
+
+def convert(out, *extra, wait=True):
+    argv = [sys.executable, "-m", "l2v_cli", "convert", "tiny-llama", "--recipe", "smoke", "-o", str(out),
+            *TINY, *extra]
+    if not wait:
+        return subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                                start_new_session=True)
+    return subprocess.run(argv, capture_output=True, text=True, timeout=900)
+
+
+def final_weights(out):
+    return load_file(str(out / "final" / "model.safetensors"))
+
+
+@pytest.fixture(scope="module")
+def straight(tmp_path_factory):
+    out = tmp_path_factory.mktemp("convert") / "run"
+    t0 = time.time()
+    p = convert(out)
+    assert p.returncode == 0, p.stderr[-3000:]
+    p.seconds = time.time() - t0
+    return out, p
+
+
+def test_smoke_conversion_writes_every_stage_and_the_final_model(straight):
+    out, p = straight
+    names = ["01_enable-bidir", "02_train-mntp", "03_train-simcse", "04_train-supervised", "final", "eval"]
+    for name in names:
+        assert (out / name / "DONE.json").exists(), name
+    assert (out / "final" / "modules.json").exists() and (out / "final" / "model.safetensors").exists()
+    result = json.loads((out / "eval" / "eval.json").read_text())
+    assert set(result["tasks"]) == {"stsb"}
+    assert "stage plan:" in p.stderr and "converted in" in p.stderr
+
+
+def test_rerun_skips_completed_stages(straight):
+    out, _ = straight
+    before = (out / "final" / "model.safetensors").stat().st_mtime_ns
+    p = convert(out)
+    assert p.returncode == 0, p.stderr[-2000:]
+    plan = p.stderr.split("stage plan:")[1]
+    assert plan.count(" done ") == 6
+    assert (out / "final" / "model.safetensors").stat().st_mtime_ns == before
+
+
+def test_changed_recipe_is_refused_naming_the_first_changed_stage(straight):
+    out, _ = straight
+    p = convert(out, "simcse.scale=30")
+    assert p.returncode == 2
+    last = p.stderr.strip().splitlines()[-1]
+    assert "03_train-simcse" in last and "--force" in last
+    # The plan shows which stages a --force run would redo.
+    assert "02_train-mntp        done" in p.stderr and "03_train-simcse      changed" in p.stderr
+
+
+def test_dry_run_prints_plan_and_launch_commands_and_writes_nothing(tmp_path):
+    out = tmp_path / "dry"
+    p = convert(out, "--dry-run", "--gpus", "2", "--deepspeed", "zero2")
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert "train-mntp: $ " in p.stderr and "--num_gpus 2" in p.stderr and "zero2.json" in p.stderr
+    assert not out.exists()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_kill_9_then_rerun_equals_an_uninterrupted_run(straight, tmp_path, seed):
+    ref, done = straight
+    out = tmp_path / "killed"
+    delay = random.Random(seed).uniform(0.15, 0.85) * done.seconds  # somewhere inside the run
+    proc = convert(out, wait=False)
+    time.sleep(delay)
+    assert proc.poll() is None, "the run finished before the kill: nothing was tested"
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not (out / "final" / "DONE.json").exists()
+    p = convert(out)
+    assert p.returncode == 0, p.stderr[-3000:]
+    a, b = final_weights(ref), final_weights(out)
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(a[k].float(), b[k].float(), atol=1e-5, rtol=0)
