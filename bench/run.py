@@ -22,6 +22,7 @@ import time
 # name -> module (with run(argv) -> dict)
 BENCHMARKS: dict[str, str] = {
     "encode": "bench.encode_speed",
+    "train": "bench.train_speed",
 }
 
 
