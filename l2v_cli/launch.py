@@ -69,6 +69,9 @@ def check_launch(launch: Launch) -> None:
     if launch.gpus < 1 or launch.nodes < 1:
         raise L2VError(f"--gpus and --nodes must be >= 1 (got {launch.gpus}, {launch.nodes})",
                        where="launcher", fix="e.g. --gpus 8")
+    if not 0 < launch.master_port <= 65535:
+        raise L2VError(f"--master-port must be 1..65535 (got {launch.master_port})", where="--master-port",
+                       fix="e.g. --master-port 29500")
     if torch.cuda.is_available() and launch.gpus > torch.cuda.device_count():
         raise L2VError(f"--gpus {launch.gpus} but this machine has {torch.cuda.device_count()} CUDA devices",
                        where="--gpus", fix=f"use --gpus {torch.cuda.device_count()} or fewer")

@@ -376,7 +376,8 @@ def test_cli_compare_writes_json_and_prints_both_models_with_delta(tiny_dir, cac
     data = json.loads(out.read_text())
     a, b = data["runs"]
     assert a["settings"]["attention"] == "causal" and b["settings"]["attention"] == "bidirectional"
-    assert data["delta"]["stsb"]["spearman"] == pytest.approx(a["tasks"]["stsb"]["spearman"] - b["tasks"]["stsb"]["spearman"])
+    delta = a["tasks"]["stsb"]["spearman"] - b["tasks"]["stsb"]["spearman"]
+    assert data["delta"]["stsb"]["spearman"] == pytest.approx(delta)
     assert "(causal)" in p.stdout and "(bidirectional)" in p.stdout and "Δ (A − B)" in p.stdout
     assert str(out) in p.stdout.replace("\n", "")
 

@@ -115,6 +115,7 @@ def encode_command(
     attn_implementation: str = typer.Option("sdpa", "--attn-implementation", help="sdpa | eager | flash_attention_2 | auto."),
     bidirectional: Optional[bool] = typer.Option(None, "--bidirectional/--causal", help="Force the attention mode (default: as saved in the model's config)."),
     trust_remote_code: bool = typer.Option(False, "--trust-remote-code", help="Allow model code from the model folder/hub repo."),
+    allow_pickle: bool = typer.Option(False, "--allow-pickle", help="Allow pickle (.bin) weights; only for sources you trust."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar (stderr)."),
 ) -> None:
     """Embed every text in FILE with MODEL and save the matrix as a .npy file."""
@@ -141,9 +142,17 @@ def encode_command(
             pass
         console = Console(stderr=True)
         t_load = time.perf_counter()
-        enc = Encoder.from_pretrained(model, pooling=pooling, dtype=dtype, max_length=max_length,
-                                      attn_implementation=attn_implementation, bidirectional=bidirectional,
-                                      trust_remote_code=trust_remote_code)
+        if allow_pickle:  # Encoder.from_pretrained always refuses pickle weights
+            from l2v_cli.modeling.loading import load_model
+
+            loaded = load_model(model, dtype=dtype, attn_implementation=attn_implementation,
+                                bidirectional=bidirectional, lm_head=False,
+                                trust_remote_code=trust_remote_code, allow_pickle=True)
+            enc = Encoder(loaded.model, loaded.tokenizer, pooling=pooling, max_length=max_length, name=loaded.name)
+        else:
+            enc = Encoder.from_pretrained(model, pooling=pooling, dtype=dtype, max_length=max_length,
+                                          attn_implementation=attn_implementation, bidirectional=bidirectional,
+                                          trust_remote_code=trust_remote_code)
         t_load = time.perf_counter() - t_load
         t0 = time.perf_counter()
         emb = enc.encode(texts, instruction=instruction, batch_size=batch_size, normalize=normalize,

@@ -25,7 +25,8 @@ def eval_command(
                                         "classification:DIR, clustering:FILE.jsonl). Default: stsb,scifact,"
                                         "banking77,stackoverflow (none when only --mteb is given)."),
     pooling: str = typer.Option("mean", "--pooling", "-p", help="mean | weighted_mean | last_token | eos | bos."),
-    dtype: str = typer.Option("auto", "--dtype", help="auto (bf16 where native, else fp32) | bfloat16 | float16 | float32."),
+    dtype: str = typer.Option("auto", "--dtype",
+                              help="auto (bf16 where native, else fp32) | bfloat16 | float16 | float32."),
     batch_size: int = typer.Option(32, "--batch-size", min=1, help="Texts per forward pass."),
     max_length: int = typer.Option(512, "--max-length", min=1, help="Tokens per text, instruction included."),
     bidirectional: Optional[bool] = typer.Option(None, "--bidirectional/--causal",
@@ -44,8 +45,10 @@ def eval_command(
                                       help="Prefix the task instructions (E5/LLM2Vec tables) on the query side."),
     mteb: Optional[str] = typer.Option(None, "--mteb", help="Also run these MTEB tasks (comma-separated MTEB names) "
                                        "through the `mteb` package, if installed; it downloads their data."),
-    attn_implementation: str = typer.Option("sdpa", "--attn-implementation", help="sdpa | eager | flash_attention_2 | auto."),
-    trust_remote_code: bool = typer.Option(False, "--trust-remote-code", help="Allow model code from the model folder/hub repo."),
+    attn_implementation: str = typer.Option("sdpa", "--attn-implementation",
+                                            help="sdpa | eager | flash_attention_2 | auto."),
+    trust_remote_code: bool = typer.Option(False, "--trust-remote-code",
+                                           help="Allow model code from the model folder/hub repo."),
 ) -> None:
     """Evaluate MODEL on STS, retrieval, classification and clustering tasks (optionally against OTHER)."""
     from rich.console import Console
@@ -87,7 +90,8 @@ def eval_command(
     out = Console(highlight=False) if Console().is_terminal else Console(width=160, highlight=False)
 
     def run_one(spec: str, mode: bool | None) -> dict:
-        err.print(f"[bold]{spec}[/]: loading ({'as saved' if mode is None else ('bidirectional' if mode else 'causal')})…")
+        how = "as saved" if mode is None else ("bidirectional" if mode else "causal")
+        err.print(f"[bold]{spec}[/]: loading ({how})…")
         enc, spec_clean, load_s = load_encoder(spec, pooling=pooling, dtype=dtype, max_length=max_length,
                                                bidirectional=mode, attn_implementation=attn_implementation,
                                                trust_remote_code=trust_remote_code)

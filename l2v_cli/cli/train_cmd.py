@@ -9,6 +9,9 @@ from typing import List, Optional
 
 import typer
 
+from l2v_cli.errors import L2VError
+
+LAUNCHERS = ("none", "torchrun", "deepspeed")
 DEFAULT_RECIPE = {"train-mntp": "unsup", "train-simcse": "unsup", "train-supervised": "supervised"}
 HELP = {
     "train-mntp": "Masked next-token prediction with LoRA on a bidirectional model (LLM2Vec step 2).",
@@ -17,14 +20,24 @@ HELP = {
 }
 
 
+def _given(value, default):
+    """A command-line option if given (0 included: --gpus 0 is an error, not "unset"), else the recipe's."""
+    return default if value is None else value
+
+
 def launch_spec(r, *, gpus=None, nodes=None, hostfile=None, launcher=None, deepspeed=None, master_port=None):
     """The launch settings: command-line options over the recipe's `launcher` section, then SLURM."""
     from l2v_cli import launch as L
 
     lc = r.launcher
-    spec = L.Launch(launcher=launcher or lc.launcher, gpus=gpus or lc.gpus, nodes=nodes or lc.nodes,
-                    hostfile=hostfile or lc.hostfile, master_port=master_port or lc.master_port,
+    spec = L.Launch(launcher=launcher or lc.launcher, gpus=_given(gpus, lc.gpus), nodes=_given(nodes, lc.nodes),
+                    hostfile=hostfile or lc.hostfile, master_port=_given(master_port, lc.master_port),
                     deepspeed=L.deepspeed_config(deepspeed or lc.deepspeed))
+    if spec.launcher not in LAUNCHERS:
+        from l2v_cli.errors import did_you_mean
+
+        raise L2VError(f"unknown launcher {spec.launcher!r}", where="--launcher" if launcher else "launcher.launcher",
+                       fix=did_you_mean(spec.launcher, LAUNCHERS))
     if spec.deepspeed and spec.launcher == "none":
         spec.launcher = "deepspeed"
     return L.from_slurm(spec)
@@ -62,18 +75,37 @@ def run_stage_command(stage: str, input_model: str, out: Path, recipe_name: str,
     r = recipe or load_recipe(recipe_name, overrides)
     spec = launch_spec(r, **launch_opts)
     L.check_launch(spec)
-    if not spec.distributed():
-        return run_stage(stage, r, input_model, out, resume=resume, force=force, deepspeed=spec.deepspeed)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, recipe_file = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".recipe.yaml", dir=out.parent)
-    with os.fdopen(fd, "w") as f:
-        f.write(dump_recipe_yaml(r))
+    from l2v_cli.stages.convert import check_run_folder
+
+    check_run_folder(out, "-o")  # before OUT/config.yaml is written
+    fresh = not Path(out).exists()
     try:
-        L.run(L.build_argv(spec, _worker_args(stage, input_model, out, recipe_file, resume, force, spec)),
-              out.parent / f"{out.name}.log")
-    finally:
-        os.unlink(recipe_file)
-    return out
+        if not spec.distributed():
+            return run_stage(stage, r, input_model, out, resume=resume, force=force, deepspeed=spec.deepspeed)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        fd, recipe_file = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".recipe.yaml", dir=out.parent)
+        with os.fdopen(fd, "w") as f:
+            f.write(dump_recipe_yaml(r))
+        try:
+            L.run(L.build_argv(spec, _worker_args(stage, input_model, out, recipe_file, resume, force, spec)),
+                  out.parent / f"{out.name}.log")
+        finally:
+            os.unlink(recipe_file)
+        return out
+    except L2VError:
+        if fresh:
+            _drop_unresumable(Path(out))
+        raise
+
+
+def _drop_unresumable(out: Path) -> None:
+    """A stage that failed before its first checkpoint leaves nothing to resume: remove the OUT it created."""
+    import shutil
+
+    from l2v_cli.stages.common import STAGE_FILE
+
+    if out.is_dir() and not any(out.glob("step-*")) and not (out / STAGE_FILE).exists():
+        shutil.rmtree(out, ignore_errors=True)
 
 
 def _make(stage: str):

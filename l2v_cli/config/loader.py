@@ -46,6 +46,11 @@ def _parse_yaml(text: str, source: str) -> tuple[dict, dict[str, int]]:
         mark = getattr(e, "problem_mark", None) or getattr(e, "context_mark", None)
         line = f"{source}:{mark.line + 1}" if mark else source
         problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        if "could not determine a constructor" in problem:  # !!python/... tags: never executed
+            raise L2VError(
+                f"unsupported YAML tag: {problem.split('tag', 1)[-1].strip()} (recipes are loaded "
+                "with yaml.safe_load: plain data only, no Python objects)", line, "remove the tag"
+            ) from None
         raise L2VError(
             f"malformed YAML: {problem}", line, "fix the YAML syntax at that line"
         ) from None
@@ -160,6 +165,9 @@ def load_recipe(name_or_path: str, overrides: Iterable[str] = ()) -> Recipe:
     def locate(path: str) -> str | None:
         # the longest set prefix wins: `mntp.train={max_steps: 0}` explains mntp.train.max_steps
         parts = path.replace("[", ".[").split(".")
+        below = [o for k, o in origin.items() if k.startswith(path + ".")]
+        if below and path not in lines:  # a key only an override set (e.g. a misspelt section)
+            return below[0]
         for n in range(len(parts), 0, -1):
             key = ".".join(parts[:n]).replace(".[", "[")
             if key in origin:

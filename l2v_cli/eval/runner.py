@@ -285,7 +285,8 @@ def run_mteb(encoder, task_names: Sequence[str] | str, *, instructions: bool = T
             tasks = list(mteb.get_tasks(tasks=list(task_names), languages=["eng"]))
         except Exception as e:  # KeyError / ValueError for unknown names, with mteb's own suggestions
             raise L2VError(f"mteb does not know task(s) {', '.join(task_names)}: {str(e).splitlines()[0][:200]}",
-                           where="--mteb", fix="use MTEB task names, e.g. STSBenchmark,SciFact,Banking77Classification") from None
+                           where="--mteb",
+                           fix="use MTEB task names, e.g. STSBenchmark,SciFact,Banking77Classification") from None
         found = {t.metadata.name for t in tasks}
         missing = [n for n in task_names if n not in found]
         if missing:

@@ -136,7 +136,8 @@ def read_jsonl(path: Path, keys: dict[str, tuple[type, ...]], optional: dict[str
                                fix=f"make {k!r} {want}")
         rows.append((n, obj))
     if not rows:
-        raise L2VError(f"{path} holds no rows", where=str(path), fix=f"one JSON object per line with keys {', '.join(keys)}")
+        raise L2VError(f"{path} holds no rows", where=str(path),
+                       fix=f"one JSON object per line with keys {', '.join(keys)}")
     return rows
 
 
@@ -476,8 +477,8 @@ def get_task(spec: str, *, instructions: bool = True, limit: int | None = None, 
     kind, sep, path = spec.partition(":")
     if sep and kind in KINDS:
         if not path:
-            raise L2VError(f"task {spec!r} names no path", where="--tasks",
-                           fix=f"write {kind}:PATH, e.g. {kind}:{'my_data' if kind in ('retrieval', 'classification') else 'my_data.jsonl'}")
+            example = "my_data" if kind in ("retrieval", "classification") else "my_data.jsonl"
+            raise L2VError(f"task {spec!r} names no path", where="--tasks", fix=f"write {kind}:PATH, e.g. {kind}:{example}")
         from l2v_cli.utils.paths import resolve_data_path
 
         try:

@@ -50,6 +50,7 @@ def load_model(spec: str | Path, *, dtype: str = "float32", attn_implementation:
     lm_head: load the causal-LM head too (MNTP needs it; encoding does not).
     """
     import torch
+    from safetensors import SafetensorError
     from transformers import AutoModel, AutoModelForCausalLM
 
     from l2v_cli.modeling.bidir import enable_bidirectional, set_bidirectional
@@ -75,7 +76,7 @@ def load_model(spec: str | Path, *, dtype: str = "float32", attn_implementation:
                 model = cls.from_pretrained(src.path, attn_implementation="eager", **kwargs)
     except L2VError:
         raise
-    except (OSError, ValueError, KeyError) as e:
+    except (OSError, ValueError, KeyError, SafetensorError) as e:
         raise L2VError(f"could not load model from {src.path}: {str(e).splitlines()[0]}",
                        where=str(spec),
                        fix="check that the folder is a complete Hugging Face model (config.json, "

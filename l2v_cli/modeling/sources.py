@@ -170,6 +170,24 @@ def check_model_folder(path: Path, trust_remote_code: bool = False) -> Path:
     return path
 
 
+# Already bidirectional: nothing for LLM2Vec to convert (they can be used as encoders directly).
+ENCODER_ONLY = {"bert", "roberta", "xlm-roberta", "distilbert", "electra", "deberta", "deberta-v2",
+                "camembert", "albert", "mpnet", "modernbert", "ernie", "xlm", "megatron-bert"}
+
+
+def check_decoder_only(path: Path) -> None:
+    """Refuse encoder-only architectures by name before any weights are read."""
+    try:
+        model_type = json.loads((Path(path) / "config.json").read_text()).get("model_type")
+    except (OSError, ValueError, AttributeError):
+        return
+    if model_type in ENCODER_ONLY:
+        raise L2VError(f"model_type {model_type!r} is an encoder-only architecture (already bidirectional), "
+                       "not a decoder-only LLM", where=str(path),
+                       fix="l2v converts decoders (llama, mistral, qwen2, gemma, phi3, ...); use this model "
+                       "as an encoder directly, e.g. with sentence-transformers")
+
+
 def check_remote_code(cfg: dict, where: str, trust_remote_code: bool) -> None:
     """Refuse configs that need the repo's own Python code unless the user trusts it."""
     from transformers.models.auto.configuration_auto import CONFIG_MAPPING_NAMES

@@ -113,12 +113,13 @@ def enable_bidir(model_spec: str | Path, out: str | Path, *, attn_implementation
                        fix="pass --overwrite to replace it, or choose another path")
     check_writable_parent(out)
 
-    from l2v_cli.modeling.sources import resolve_model
+    from l2v_cli.modeling.sources import check_decoder_only, resolve_model
 
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
     resolved = resolve_model(str(model_spec), trust_remote_code=trust_remote_code, allow_pickle=allow_pickle)
     timings["resolve_s"] = time.perf_counter() - t0
+    check_decoder_only(resolved.path)
 
     import torch
     import transformers
