@@ -134,3 +134,15 @@ def test_simcse_views_differ_only_by_dropout(tmp_path):
     assert trainer.loss_from([x, x], None) == pytest.approx(float(info_nce(x, x, 20.0, gather=False)))
     batch = {"input_ids": torch.ones(2, 3)}
     assert trainer.views(batch) == [batch, batch]
+
+
+def test_a_checkpoint_of_an_unfinished_stage_exports_without_naming_its_input(tmp_path):
+    """The stage records its input when it starts, so an interrupted run's checkpoint is usable."""
+    from l2v_cli.stages.export import export
+
+    out = tmp_path / "m"
+    train_mntp(recipe("mntp.train.max_steps=2", "mntp.train.save_steps=2"), "tiny-llama", out)
+    (out / "stage.json").unlink()  # as if killed after the checkpoint
+    assert json.loads((out / "input.json").read_text())["input"] == "tiny-llama"
+    final = export(out / "step-000002", tmp_path / "enc")
+    assert (final / "modules.json").exists() and (final / "model.safetensors").exists()

@@ -120,8 +120,12 @@ def write_ledger(out: Path, rows: list) -> None:
     (d / f"rank-{os.environ.get('RANK', '0')}.json").write_text(json.dumps(rows))
 
 
-def write_config(out: Path, recipe) -> None:
+def write_config(out: Path, recipe, input_model=None) -> None:
+    """The resolved recipe, and what the stage trains from (so its checkpoints export before it ends)."""
     from l2v_cli.config import dump_recipe_yaml
 
     if is_main_process():
         (out / "config.yaml").write_text(dump_recipe_yaml(recipe))
+        if input_model is not None:
+            p = Path(input_model)
+            (out / "input.json").write_text(json.dumps({"input": str(p.resolve()) if p.exists() else str(input_model)}))

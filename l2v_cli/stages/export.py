@@ -277,6 +277,8 @@ def resolve_source(source: str | Path, stage_input: str | Path | None = None) ->
                 prior = _anchored(Chain(rec["base_model"], list(rec["adapters"]), rec.get("source")), stage_dir)
             elif stage_input is not None:
                 prior = _chain_of_input(stage_input)
+            elif (stage_dir / "input.json").exists():  # recorded when the stage started
+                prior = _chain_of_input(_read_json(stage_dir / "input.json")["input"])
             else:
                 raise L2VError(f"the stage {stage_dir} has not finished, so the chain its checkpoint "
                                f"{p.name} builds on is not recorded", where=str(p),
@@ -315,6 +317,11 @@ def _chain_of_input(stage_input) -> Chain:
     from l2v_cli.stages.common import read_chain
 
     q = Path(stage_input).expanduser()
+    if not q.is_dir():  # a MODEL spec (alias, tiny-<arch>, .gguf): its local folder
+        from l2v_cli.modeling.sources import looks_like_path, resolve_model
+
+        if not looks_like_path(str(stage_input)):
+            q = resolve_model(str(stage_input)).path
     if not q.is_dir():
         raise L2VError(f"--stage-input {q} is not a folder", where="--stage-input",
                        fix="give the model or previous stage folder the stage was trained from")

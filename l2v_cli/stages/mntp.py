@@ -90,7 +90,7 @@ def train_mntp(recipe, input_model: str | Path, out: str | Path, *, resume: bool
     cfg, out = recipe.mntp, Path(out)
     scfg = stage_config(recipe, "mntp")
     last = prepare_stage_dir(out, scfg, resume, force)
-    write_config(out, recipe)
+    write_config(out, recipe, input_model)
     chain = read_chain(input_model)
     model, loaded, dtype = load_training_model(recipe, chain, lm_head=True)
     alias = loaded.alias or alias_for_folder(chain.base_model)

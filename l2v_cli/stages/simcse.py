@@ -50,7 +50,7 @@ def train_simcse(recipe, input_model: str | Path, out: str | Path, *, resume: bo
     cfg, out = recipe.simcse, Path(out)
     scfg = stage_config(recipe, "simcse")
     last = prepare_stage_dir(out, scfg, resume, force)
-    write_config(out, recipe)
+    write_config(out, recipe, input_model)
     chain = read_chain(input_model)
     model, loaded, dtype = load_training_model(recipe, chain, lm_head=True)
     set_attention_dropout(model, cfg.attention_dropout)

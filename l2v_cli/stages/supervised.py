@@ -79,7 +79,7 @@ def train_supervised(recipe, input_model: str | Path, out: str | Path, *, resume
     cfg, out = recipe.supervised, Path(out)
     scfg = stage_config(recipe, "supervised")
     last = prepare_stage_dir(out, scfg, resume, force)
-    write_config(out, recipe)
+    write_config(out, recipe, input_model)
     sets = load_supervised(cfg, key="supervised")
     chain = read_chain(input_model)
     model, loaded, dtype = load_training_model(recipe, chain, lm_head=True)
