@@ -7,6 +7,7 @@ never joins the process group: it only starts the launcher and watches it. Witho
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import shlex
 import shutil
@@ -78,7 +79,7 @@ def check_launch(launch: Launch) -> None:
     if launch.hostfile and not Path(launch.hostfile).is_file():
         raise L2VError(f"hostfile {launch.hostfile} not found", where="--hostfile",
                        fix="give a DeepSpeed-style hostfile ('host slots=N' per line)")
-    if launch.launcher == "deepspeed" and not shutil.which("deepspeed"):
+    if launch.launcher == "deepspeed" and importlib.util.find_spec("deepspeed") is None:
         raise L2VError("the deepspeed launcher is not installed", where="--launcher deepspeed",
                        fix="pip install 'l2v[deepspeed]' (or use --launcher torchrun)")
 
@@ -88,7 +89,8 @@ def build_argv(launch: Launch, worker_args: list[str]) -> list[str]:
     if not launch.distributed():
         return [sys.executable, "-m", WORKER, *worker_args]
     if launch.launcher == "deepspeed":
-        argv = [shutil.which("deepspeed") or "deepspeed", "--num_gpus", str(launch.gpus),
+        # The launcher module of this interpreter: works without the venv's bin/ on PATH.
+        argv = [sys.executable, "-m", "deepspeed.launcher.runner", "--num_gpus", str(launch.gpus),
                 "--master_port", str(launch.master_port), "--no_local_rank"]
         if launch.hostfile:
             argv += ["--hostfile", launch.hostfile, "--num_nodes", str(launch.nodes)]

@@ -147,10 +147,11 @@ def check_deepspeed() -> list[Check]:
     out.append(Check("deepspeed", "import", "ok" if ok else "fail",
                      f"deepspeed {_version('deepspeed')} imports" if ok else f"import fails: {why[:200]}",
                      "" if ok else "pip install --force-reinstall deepspeed (or run without --deepspeed)"))
-    launcher = shutil.which("deepspeed")
+    launcher = importlib.util.find_spec("deepspeed.launcher.runner") is not None
     out.append(Check("deepspeed", "launcher", "ok" if launcher else "warn",
-                     launcher or "the `deepspeed` launcher is not on PATH",
-                     "" if launcher else "activate the venv that has deepspeed (or use --launcher torchrun)"))
+                     "l2v starts it as `python -m deepspeed.launcher.runner`" if launcher
+                     else "deepspeed.launcher.runner is missing",
+                     "" if launcher else "pip install --force-reinstall deepspeed (or use --launcher torchrun)"))
     ext = _extensions_dir()
     compiler = shutil.which("c++") or shutil.which("g++")
     ninja = importlib.util.find_spec("ninja") is not None or shutil.which("ninja") is not None
