@@ -147,7 +147,9 @@ def check_deepspeed() -> list[Check]:
     out.append(Check("deepspeed", "import", "ok" if ok else "fail",
                      f"deepspeed {_version('deepspeed')} imports" if ok else f"import fails: {why[:200]}",
                      "" if ok else "pip install --force-reinstall deepspeed (or run without --deepspeed)"))
-    launcher = importlib.util.find_spec("deepspeed.launcher.runner") is not None
+    spec = importlib.util.find_spec("deepspeed")  # not a submodule: that would import deepspeed here
+    launcher = bool(spec and spec.submodule_search_locations and any(
+        (Path(loc) / "launcher" / "runner.py").exists() for loc in spec.submodule_search_locations))
     out.append(Check("deepspeed", "launcher", "ok" if launcher else "warn",
                      "l2v starts it as `python -m deepspeed.launcher.runner`" if launcher
                      else "deepspeed.launcher.runner is missing",
