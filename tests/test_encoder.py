@@ -273,7 +273,7 @@ CLI_ERRORS = {
     "non_utf8": ("in.txt", b"fine\nalso fine\ncaf\xe9\n", [], "line 3 is not valid UTF-8"),
     "jsonl_not_json": ("in.jsonl", b'{"text": "a"}\n{oops\n', [], "in.jsonl:2"),
     "jsonl_no_text": ("in.jsonl", b'{"text": "a"}\n\n{"body": "b"}\n', [], "line 3 has no 'text' key"),
-    "jsonl_text_not_string": ("in.jsonl", b'{"text": 5}\n', [], "'text' is a JSON int"),
+    "jsonl_text_not_string": ("in.jsonl", b'{"text": 5}\n', [], "'text' is a JSON number, not a string"),
     "empty_file": ("in.txt", b"", [], "is empty"),
     "blank_file": ("in.txt", b"\n  \n", [], "is empty"),
     "missing_file": (None, None, [], "does not exist"),

@@ -8,7 +8,6 @@ and line. The output is written atomically (temp file in the same folder, then o
 
 from __future__ import annotations
 
-import json
 import os
 import tempfile
 from pathlib import Path
@@ -62,24 +61,9 @@ def read_texts(path: str | Path) -> list[str]:
                        fix="put one text per line (.txt) or one {\"text\": ...} object per line (.jsonl)")
     if kind == "txt":
         return lines
-    texts = []
-    for n, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise L2VError(f"line {n} is not valid JSON: {e.msg} at column {e.colno}", where=f"{path}:{n}",
-                           fix="each line must be a JSON object like {\"text\": \"...\"}") from None
-        if not isinstance(obj, dict) or "text" not in obj:
-            got = f"keys {sorted(obj)[:5]}" if isinstance(obj, dict) else f"a JSON {type(obj).__name__}"
-            raise L2VError(f"line {n} has no 'text' key (got {got})", where=f"{path}:{n}",
-                           fix="each line must be a JSON object like {\"text\": \"...\"}")
-        if not isinstance(obj["text"], str):
-            raise L2VError(f"line {n}: 'text' is a JSON {type(obj['text']).__name__}, not a string",
-                           where=f"{path}:{n}", fix="make 'text' a string")
-        texts.append(obj["text"])
-    return texts
+    from l2v_cli.data.jsonl import parse_jsonl
+
+    return [obj["text"] for _, obj in parse_jsonl(lines, path, {"text": (str,)})]
 
 
 def _open_output(output: Path):

@@ -18,7 +18,6 @@ Protocols (MTEB's, where MTEB has the task) are documented per class and in docs
 
 from __future__ import annotations
 
-import json
 import random
 from collections import defaultdict
 from pathlib import Path
@@ -26,6 +25,7 @@ from typing import Sequence
 
 import numpy as np
 
+from l2v_cli.data.jsonl import parse_jsonl
 from l2v_cli.errors import L2VError, did_you_mean
 from l2v_cli.eval import metrics
 
@@ -105,58 +105,16 @@ def read_jsonl(path: Path, keys: dict[str, tuple[type, ...]], optional: dict[str
     present, must have one of theirs. Errors name file:line and the key.
     """
     _need_file(path, what)
-    rows = []
-    optional = optional or {}
     try:
         lines = path.read_text(encoding="utf-8-sig").splitlines()
     except UnicodeDecodeError as e:
         raise L2VError(f"{path} is not valid UTF-8 ({e.reason})", where=str(path),
                        fix="re-encode the file as UTF-8") from None
-    for n, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise L2VError(f"line {n} is not valid JSON: {e.msg} at column {e.colno}", where=f"{path}:{n}",
-                           fix="one JSON object per line") from None
-        if not isinstance(obj, dict):
-            raise L2VError(f"line {n} is a JSON {type(obj).__name__}, not an object", where=f"{path}:{n}",
-                           fix=f"one JSON object per line with keys {', '.join(keys)}")
-        for k, types in {**keys, **optional}.items():
-            if k not in obj:
-                if k in optional:
-                    continue
-                raise L2VError(f"line {n} has no {k!r} key (has {', '.join(map(repr, list(obj)[:6])) or 'none'})",
-                               where=f"{path}:{n}", fix=f"each line needs the keys {', '.join(map(repr, keys))}")
-            v = obj[k]
-            if not isinstance(v, types) or isinstance(v, bool) and bool not in types:
-                want = _want(types)
-                raise L2VError(f"line {n}: {k!r} is a JSON {_json_type(v)}, not {want}", where=f"{path}:{n}",
-                               fix=f"make {k!r} {want}")
-        rows.append((n, obj))
+    rows = parse_jsonl(lines, path, keys, optional)
     if not rows:
         raise L2VError(f"{path} holds no rows", where=str(path),
                        fix=f"one JSON object per line with keys {', '.join(keys)}")
     return rows
-
-
-def _want(types: tuple[type, ...]) -> str:
-    """(int, float) -> 'a number', (str, int) -> 'a string or integer', (str,) -> 'a string'."""
-    if set(types) >= {int, float}:
-        names = ["number"] + [_TYPE_NAMES[t] for t in types if t not in (int, float)]
-    else:
-        names = [_TYPE_NAMES.get(t, t.__name__) for t in types]
-    names = [n for n in names if n != "NoneType"] or ["null"]
-    return "a " + " or ".join(names)
-
-
-_TYPE_NAMES = {str: "string", int: "integer", float: "number", bool: "boolean", type(None): "null"}
-
-
-def _json_type(v) -> str:
-    return {str: "string", int: "number", float: "number", bool: "boolean", list: "array", dict: "object",
-            type(None): "null"}.get(type(v), type(v).__name__)
 
 
 def _is_number(s: str) -> bool:
