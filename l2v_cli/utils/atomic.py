@@ -82,6 +82,15 @@ def _remove_orphans(out: Path) -> None:
             _remove(p)
 
 
+def _fresh_tmp(out: Path) -> Path:
+    """An empty hidden sibling of `out` for this process, after clearing killed writers' leftovers."""
+    _remove_orphans(out)
+    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
+    _remove(tmp)  # a leftover from a crashed run with the same pid
+    tmp.mkdir()
+    return tmp
+
+
 @contextlib.contextmanager
 def atomic_dir(out: str | Path, overwrite: bool = False, what: str = "OUT") -> Iterator[Path]:
     """Yield a fresh temp folder; on success it becomes `out`, on failure it is removed.
@@ -97,10 +106,7 @@ def atomic_dir(out: str | Path, overwrite: bool = False, what: str = "OUT") -> I
             raise L2VError(f"{what} {out} exists and is not a folder; refusing to replace it",
                            where=str(out), fix="remove it yourself or choose another path")
     check_writable_parent(out, what)
-    _remove_orphans(out)
-    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
-    _remove(tmp)  # a leftover from a crashed run with the same pid
-    tmp.mkdir()
+    tmp = _fresh_tmp(out)
     try:
         yield tmp
         _normal_permissions(tmp)
@@ -129,9 +135,7 @@ def atomic_cache_dir(target: str | Path, what: str = "the l2v cache (set L2V_CAC
     publishes the same slot first, its copy is kept and ours dropped (both are equivalent)."""
     target = Path(target).expanduser().absolute()
     check_writable_parent(target, what)
-    tmp = target.parent / f".{target.name}.tmp-{os.getpid()}"
-    _remove(tmp)
-    tmp.mkdir()
+    tmp = _fresh_tmp(target)
     try:
         yield tmp
         _normal_permissions(tmp)
