@@ -125,6 +125,9 @@ class SimcseConfig:
     scale: float = opt(20.0, "Logit scale (1 / temperature) of the InfoNCE loss.", gt=0)
     gather_across_processes: bool = opt(True, "Use other processes' embeddings as negatives.")
     grad_cache_chunk_size: int = opt(0, "GradCache chunk size for huge batches (0 = off).", ge=0)
+    group_by_length: bool = opt(
+        False, "Batch sentences of similar token length together: far less padding (faster on "
+        "CPU), and in-batch negatives of similar length.")
     lora: LoraConfig = opt(LoraConfig, "LoRA adapter trained in this stage.")
     train: TrainConfig = opt(
         lambda: TrainConfig(max_steps=1000, per_device_batch_size=128, learning_rate=3e-5),

@@ -37,6 +37,12 @@ class SimcseTrainer(ContrastiveTrainer):
         return info_nce(embs[0], embs[1], self.scale, gather=self.gather)
 
 
+def with_token_lengths(ds, tok, max_len: int):
+    """Add the "length" column the length-grouped sampler reads (tokens, capped at max_len)."""
+    ids = tok(list(ds["text"]), add_special_tokens=False)["input_ids"]
+    return ds.add_column("length", [min(len(i), max_len) for i in ids])
+
+
 def train_simcse(recipe, input_model: str | Path, out: str | Path, *, resume: bool = True,
                  force: bool = False, deepspeed: str | None = None) -> Path:
     import torch
@@ -59,8 +65,10 @@ def train_simcse(recipe, input_model: str | Path, out: str | Path, *, resume: bo
     encoder = Encoder(model, tok, pooling=cfg.pooling, max_length=cfg.max_seq_length)
 
     ds = load_texts(cfg.data, key="simcse.data")
+    if cfg.group_by_length:
+        ds = with_token_lengths(ds, tok, cfg.max_seq_length)
     args = build_training_args(cfg.train, out, bf16=dtype == torch.bfloat16, deepspeed=deepspeed,
-                               seed=recipe.seed)
+                               seed=recipe.seed, group_by_length=cfg.group_by_length)
     trainer = SimcseTrainer(model=model, args=args, train_dataset=ds, data_collator=TextCollator(encoder),
                             stage_config=scfg,
                             callbacks=[JsonlMetrics(out), RichProgress(f"SimCSE {out.name}")])

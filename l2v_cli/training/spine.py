@@ -26,8 +26,10 @@ from l2v_cli.training import checkpoints as ck
 
 
 def build_training_args(train, out_dir: Path, *, bf16: bool, deepspeed: str | None = None,
-                        seed: int = 42) -> TrainingArguments:
-    """TrainingArguments from a recipe `TrainConfig` (one place for the mapping)."""
+                        seed: int = 42, group_by_length: bool = False) -> TrainingArguments:
+    """TrainingArguments from a recipe `TrainConfig` (one place for the mapping).
+
+    `group_by_length`: HF's length-grouped sampler over the dataset's "length" column."""
     cuda = torch.cuda.is_available()
     return TrainingArguments(
         output_dir=str(out_dir),
@@ -59,6 +61,8 @@ def build_training_args(train, out_dir: Path, *, bf16: bool, deepspeed: str | No
         ddp_find_unused_parameters=False,
         deepspeed=deepspeed,
         logging_nan_inf_filter=False,  # a NaN must be seen, not filtered
+        train_sampling_strategy="group_by_length" if group_by_length else "random",
+        length_column_name="length",
     )
 
 
