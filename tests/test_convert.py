@@ -99,3 +99,46 @@ def test_kill_9_then_rerun_equals_an_uninterrupted_run(straight, tmp_path, seed)
     assert a.keys() == b.keys()
     for k in a:
         torch.testing.assert_close(a[k].float(), b[k].float(), atol=1e-5, rtol=0)
+
+
+def test_ablation_scores_every_step_of_the_chain_and_resumes_per_point(tmp_path):
+    out = tmp_path / "run"
+    extra = ["eval.ablation=true", "eval.tasks=[stsb,banking77]", "eval.task_limits={banking77: 24}"]
+    p = convert(out, *extra)
+    assert p.returncode == 0, p.stderr[-3000:]
+    table = json.loads((out / "eval" / "ablation.json").read_text())
+    labels = [r["model"] for r in table["rows"]]
+    assert labels == ["causal", "bidirectional", "+ mntp", "+ simcse", "+ supervised (final)"]
+    assert table["rows"][0]["spec"].endswith("01_enable-bidir@causal")
+    assert table["rows"][-1]["spec"] == str(out / "final")
+    assert table["tasks"]["banking77"]["limit"] == 24 and table["tasks"]["stsb"]["limit"] == 16
+    for r in table["rows"]:
+        assert set(r["scores"]) == {"stsb", "banking77"}
+        assert all(0 <= v <= 100 for v in r["scores"].values())
+    # Same weights, other attention: the causal and bidirectional rows differ.
+    assert table["rows"][0]["scores"]["stsb"] != table["rows"][1]["scores"]["stsb"]
+    # The intermediate stages were exported as full models; the final row is eval.json.
+    for stage in ("02_train-mntp", "03_train-simcse"):
+        assert (out / "eval" / "models" / stage / "model.safetensors").exists()
+    final = json.loads((out / "eval" / "eval.json").read_text())
+    assert final == json.loads((out / "eval" / "supervised.json").read_text())
+    # The summary: a stage table with timings and the ablation table; DONE.json records them.
+    assert "Stages" in p.stderr and "Evaluation" in p.stderr and "+ supervised (final)" in p.stderr
+    done = json.loads((out / "02_train-mntp" / "DONE.json").read_text())
+    assert done["seconds"] > 0 and done["peak_rss_mb"] > 100
+
+    # Killed during eval: the points already scored are not scored again.
+    (out / "eval" / "DONE.json").unlink()
+    (out / "eval" / "mntp.json").unlink()
+    p = convert(out, *extra)
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert "eval: + mntp" in p.stderr and "eval: causal" not in p.stderr and "eval: bidirectional" not in p.stderr
+    again = json.loads((out / "eval" / "ablation.json").read_text())
+    assert [r["scores"] for r in again["rows"]] == [r["scores"] for r in table["rows"]]
+
+
+def test_task_limit_for_an_unlisted_task_is_refused_before_anything_runs(tmp_path):
+    out = tmp_path / "run"
+    p = convert(out, "eval.task_limits={scifact: 5}")
+    assert p.returncode == 2 and "eval.task_limits names 'scifact'" in p.stderr
+    assert not out.exists()

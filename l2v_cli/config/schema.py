@@ -178,6 +178,11 @@ class EvalConfig:
     max_length: int = opt(512, "Truncate texts to this many tokens.", gt=0)
     cache: bool = opt(True, "Reuse cached embeddings / results.")
     limit: Optional[int] = opt(None, "At most this many items per task (quick runs); null = all.", gt=0)
+    task_limits: dict[str, int] = opt(
+        dict, "Per-task limit over `limit`, e.g. {scifact: 50} (a sample: see docs/eval.md).")
+    ablation: bool = opt(
+        False, "Also score the causal base, the untrained bidirectional model and each training "
+        "stage (the paper's ablation table; exports each stage to eval/models/).")
 
 
 @dataclass

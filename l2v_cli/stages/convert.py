@@ -16,10 +16,13 @@ import hashlib
 import json
 import os
 import shutil
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from l2v_cli.errors import L2VError
+from l2v_cli.stages.report import peak_rss_mb
+from l2v_cli.utils.perf import matmul_gflops
 
 DONE = "DONE.json"
 TRAIN = ("train-mntp", "train-simcse", "train-supervised")
@@ -91,10 +94,11 @@ def plan(recipe, model: str, out: Path) -> list[PlannedStage]:
     return stages
 
 
-def mark_done(st: PlannedStage) -> None:
+def mark_done(st: PlannedStage, seconds: float | None = None) -> None:
     tmp = st.folder / (DONE + ".tmp")
     tmp.write_text(json.dumps({"stage": st.name, "hash": st.hash, "config_hash": st.config_hash,
-                               "input_hash": st.input_hash}, indent=1))
+                               "input_hash": st.input_hash, "seconds": seconds and round(seconds, 1),
+                               "peak_rss_mb": peak_rss_mb()}, indent=1))
     os.replace(tmp, st.folder / DONE)
 
 
@@ -119,14 +123,40 @@ def convert(model: str, recipe, out: str | Path, *, force: bool = False, launch:
                        fix="pass --force to redo it and the stages after it, or use another -o")
     preflight(recipe, out, [s.name for s in stages if s.status != "done"], launch or {})
     out.mkdir(parents=True, exist_ok=True)
+    peak = matmul_gflops(_compute_dtype(recipe))  # the machine's rate now, for the summary's "of peak"
     for st in stages:
         if st.status == "done":
             continue
         if st.status == "changed" and st.folder.exists():
             shutil.rmtree(st.folder)
-        run_one(st, recipe, launch or {}, run_stage_command)
-        mark_done(st)
+        t0 = time.perf_counter()
+        run_one(st, recipe, launch or {}, run_stage_command, stages=stages, model=model, echo=echo)
+        mark_done(st, time.perf_counter() - t0)
+    summarize(recipe, stages, model, peak)
     return out / "final"
+
+
+def _compute_dtype(recipe) -> str:
+    from l2v_cli.utils.device import resolve_dtype
+
+    return str(resolve_dtype(recipe.dtype)).replace("torch.", "")
+
+
+def summarize(recipe, stages, model: str, peak_gflops: float | None) -> None:
+    """Print the stage table (time, tokens/s, FLOP rate, memory) and the eval table, on stderr."""
+    from rich.console import Console
+
+    from l2v_cli.stages import report
+    from l2v_cli.stages.evaluate import render_table
+
+    console = Console(stderr=True)
+    rows = report.stage_rows(stages, recipe, model, peak_gflops)
+    report.render(rows, peak_gflops, _compute_dtype(recipe), console)
+    ev = next((s.folder for s in stages if s.name == "eval"), None)
+    for name in ("ablation.json", "table.json"):
+        if ev is not None and (ev / name).exists():
+            render_table(json.loads((ev / name).read_text()), console)
+            break
 
 
 def check_run_folder(out: Path, where: str = "-o") -> None:
@@ -162,9 +192,14 @@ def preflight(recipe, out: Path, stages: list[str], launch: dict) -> None:
         L.check_launch(launch_spec(recipe, **launch))
     for name in train:
         check_stage_data(recipe, name)
+    if "eval" in stages:
+        from l2v_cli.stages.evaluate import eval_tasks
+
+        eval_tasks(recipe.eval)  # unknown task names / limits fail now, not after training
 
 
-def run_one(st: PlannedStage, recipe, launch: dict, run_stage_command) -> None:
+def run_one(st: PlannedStage, recipe, launch: dict, run_stage_command, *, stages=(), model: str = "",
+            echo=print) -> None:
     if st.name == "enable-bidir":
         from l2v_cli.stages.enable_bidir import enable_bidir
 
@@ -183,14 +218,9 @@ def run_one(st: PlannedStage, recipe, launch: dict, run_stage_command) -> None:
 
         export_from_recipe(recipe, st.input, st.folder, overwrite=True)
     elif st.name == "eval":
-        from l2v_cli.eval.runner import evaluate, write_json
+        from l2v_cli.stages.evaluate import run_eval_stage
 
-        tasks = recipe.eval.tasks or None
-        result = evaluate(st.input, tasks, batch_size=recipe.eval.batch_size,
-                          max_length=recipe.eval.max_length, cache=recipe.eval.cache,
-                          pooling=recipe.export.pooling, limit=recipe.eval.limit)
-        st.folder.mkdir(parents=True, exist_ok=True)
-        write_json(st.folder / "eval.json", result)
+        run_eval_stage(recipe, stages, st.folder, Path(st.input), model, echo)
 
 
 def render_plan(stages: list[PlannedStage]) -> str:

@@ -1,0 +1,96 @@
+"""The `eval` stage of `l2v convert`: score the final model, and with `eval.ablation` every step
+of the chain — the LLM2Vec paper's ablation on your own run:
+
+  causal          the untouched model (enable-bidir's weights, causal attention), mean pooling
+  bidirectional   the same weights with bidirectional attention, no training
+  + mntp, ...     after each training stage (merged and exported to eval/models/NN_stage)
+  final           the export (equals the last training stage's row; not re-evaluated)
+
+Every point writes eval/<point>.json when done, so a killed eval resumes where it stopped; the
+embedding cache makes a rerun of a finished point free. eval/eval.json holds the final model's
+result (as without ablation), eval/ablation.json (or table.json) the table.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from l2v_cli.errors import L2VError
+
+
+def eval_tasks(cfg) -> list:
+    """The recipe's tasks with per-task limits (`eval.task_limits`) over the global `eval.limit`."""
+    from l2v_cli.eval.tasks import DEFAULT_TASKS, get_task
+
+    names = list(cfg.tasks) or list(DEFAULT_TASKS)
+    unknown = [k for k in cfg.task_limits if k not in names]
+    if unknown:
+        raise L2VError(f"eval.task_limits names {unknown[0]!r}, which is not among the tasks {names}",
+                       where="key eval.task_limits", fix="limit only tasks listed in eval.tasks")
+    return [get_task(n, limit=cfg.task_limits.get(n, cfg.limit)) for n in names]
+
+
+def ablation_points(stages, final: Path, model: str) -> list[tuple[str, str, object]]:
+    """(label, model spec, train stage to export or None) in chain order."""
+    from l2v_cli.stages.convert import TRAIN
+
+    bidir = next((s.folder for s in stages if s.name == "enable-bidir"), None)
+    base = str(bidir) if bidir else model
+    points = [("causal", f"{base}@causal", None), ("bidirectional", f"{base}@bidirectional", None)]
+    trained = [s for s in stages if s.name in TRAIN]
+    for s in trained[:-1]:
+        points.append(("+ " + s.name.removeprefix("train-"), "", s))
+    if trained:
+        points.append(("+ " + trained[-1].name.removeprefix("train-") + " (final)", str(final), None))
+    return points
+
+
+def run_eval_stage(recipe, stages, folder: Path, final: Path, model: str, echo=print) -> dict:
+    from l2v_cli.eval.runner import evaluate, main_scores, write_json
+    from l2v_cli.stages.export import export_from_recipe
+
+    cfg = recipe.eval
+    folder.mkdir(parents=True, exist_ok=True)
+    tasks = eval_tasks(cfg)
+    opts = dict(batch_size=cfg.batch_size, max_length=cfg.max_length, cache=cfg.cache,
+                pooling=recipe.export.pooling, show_progress=True)
+    points = ablation_points(stages, final, model) if cfg.ablation else [("final", str(final), None)]
+    rows = []
+    for label, spec, stage in points:
+        slug = label.strip("+ ").split(" ")[0]
+        out = folder / f"{slug}.json"
+        if out.exists():
+            result = json.loads(out.read_text())
+        else:
+            if stage is not None:
+                spec = str(folder / "models" / stage.folder.name)
+                if not (Path(spec) / "config.json").exists():
+                    export_from_recipe(recipe, stage.folder, spec, overwrite=True)
+            echo(f"eval: {label}  ({spec})")
+            result = evaluate(spec, [t for t in tasks], **opts)
+            write_json(out, result)
+        rows.append({"model": label, "spec": spec, "scores": main_scores(result),
+                     "time_s": round(sum(r.get("time_s", 0) for r in result["tasks"].values()), 1)})
+    final_result = json.loads((folder / f"{rows[-1]['model'].strip('+ ').split(' ')[0]}.json").read_text())
+    write_json(folder / "eval.json", final_result)
+    table = {"tasks": {t.name: t.describe() for t in tasks}, "rows": rows}
+    write_json(folder / ("ablation.json" if cfg.ablation else "table.json"), table)
+    return table
+
+
+def render_table(table: dict, console) -> None:
+    from rich.table import Table
+
+    names = list(table["tasks"])
+    t = Table(title="Evaluation (main metric ×100; higher is better)", title_justify="left",
+              header_style="bold")
+    t.add_column("model")
+    for n in names:
+        d = table["tasks"][n]
+        t.add_column(f"{n}\n{d['main_metric']}" + (f"\nlimit {d['limit']}" if d.get("limit") else ""),
+                     justify="right")
+    t.add_column("eval s", justify="right")
+    for r in table["rows"]:
+        t.add_row(r["model"], *[f"{r['scores'].get(n, float('nan')):.2f}" for n in names], f"{r['time_s']:.0f}")
+    console.print(t)
