@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Optional
+from typing import List, Optional
 
 import typer
 
@@ -31,8 +31,9 @@ def eval_command(
     max_length: int = typer.Option(512, "--max-length", min=1, help="Tokens per text, instruction included."),
     bidirectional: Optional[bool] = typer.Option(None, "--bidirectional/--causal",
                                                  help="Force MODEL's attention mode (default: as saved in its config)."),
-    compare: Optional[str] = typer.Option(None, "--compare", help="A second model to evaluate with the same settings "
-                                          "and show side by side (Δ = MODEL − OTHER)."),
+    compare: Optional[List[str]] = typer.Option(None, "--compare", help="Another model to evaluate with the same "
+                                                "settings and show side by side (Δ = MODEL − OTHER); repeat it "
+                                                "for more (one row each)."),
     compare_bidirectional: Optional[bool] = typer.Option(None, "--compare-bidirectional/--compare-causal",
                                                          help="Attention mode of the --compare model (or suffix it "
                                                          "with @causal / @bidirectional)."),
@@ -49,6 +50,17 @@ def eval_command(
                                             help="sdpa | eager | flash_attention_2 | auto."),
     trust_remote_code: bool = typer.Option(False, "--trust-remote-code",
                                            help="Allow model code from the model folder/hub repo."),
+    word_tasks: Optional[str] = typer.Option(None, "--word-tasks", help="Word-level probes instead of sentence "
+                                             "tasks: comma-separated tag keys of --data, e.g. pos,chunk,ner."),
+    data: Optional[str] = typer.Option(None, "--data", help="Word-level data folder: train.jsonl + test.jsonl "
+                                       "(one sentence a line: tokens and one tag list per task)."),
+    layer: int = typer.Option(-1, "--layer", help="Word tasks: hidden layer to probe (-1 = last, 0 = embeddings)."),
+    subword: str = typer.Option("first", "--subword", help="Word tasks: a word's feature from its first "
+                                "sub-token or the mean of its sub-tokens (first | mean)."),
+    positions: str = typer.Option("same_token,next_token", "--positions", help="Word tasks: read word i's label "
+                                  "at its own token (same_token) and/or at the token before (next_token)."),
+    train_limit: Optional[int] = typer.Option(None, "--train-limit", min=1, help="Word tasks: a seeded sample "
+                                              "of N train sentences (the test set follows --limit)."),
 ) -> None:
     """Evaluate MODEL on STS, retrieval, classification and clustering tasks (optionally against OTHER)."""
     from rich.console import Console
@@ -63,8 +75,26 @@ def eval_command(
     check_pooling(pooling)
     resolve_dtype(dtype)
     spec_a, mode_a = parse_model_spec(model, bidirectional)
-    spec_b, mode_b = parse_model_spec(compare, compare_bidirectional) if compare else (None, None)
-    if compare is None and compare_bidirectional is not None:
+    others = [parse_model_spec(c, compare_bidirectional) for c in compare or []]
+    spec_b, mode_b = others[0] if len(others) == 1 else (None, None)
+    err = Console(stderr=True, highlight=False)
+    out = Console(highlight=False) if Console().is_terminal else Console(width=160, highlight=False)
+    if word_tasks is not None:
+        from l2v_cli.cli.word_eval import run_word_eval
+
+        if tasks is not None or mteb:
+            from l2v_cli.errors import L2VError
+
+            raise L2VError("--word-tasks runs word-level probes only", where="--tasks/--mteb",
+                           fix="run sentence tasks (--tasks/--mteb) and word tasks in two calls")
+        report = run_word_eval([(spec_a, mode_a), *others], word_tasks, data, positions=positions, layer=layer,
+                               subword=subword, dtype=dtype, batch_size=batch_size, cache=cache,
+                               train_limit=train_limit, test_limit=limit, attn_implementation=attn_implementation,
+                               trust_remote_code=trust_remote_code, err=err, out=out)
+        first = report.get("runs", [report])[0]["model"]
+        _save(report, output, _slug(first) + "-words", out)
+        return
+    if not compare and compare_bidirectional is not None:
         from l2v_cli.errors import L2VError
 
         raise L2VError("--compare-causal/--compare-bidirectional need --compare OTHER", where="--compare",
@@ -86,8 +116,6 @@ def eval_command(
 
         raise L2VError(f"output {output} is a folder", where="--output", fix="give a file name, e.g. results.json")
 
-    err = Console(stderr=True, highlight=False)
-    out = Console(highlight=False) if Console().is_terminal else Console(width=160, highlight=False)
 
     def run_one(spec: str, mode: bool | None) -> dict:
         how = "as saved" if mode is None else ("bidirectional" if mode else "causal")
@@ -110,6 +138,17 @@ def eval_command(
         return res
 
     res_a = run_one(spec_a, mode_a)
+    if len(others) > 1:  # several models: one row each, main metrics
+        from l2v_cli.eval.runner import main_scores
+        from l2v_cli.stages.evaluate import render_table
+
+        runs = [res_a] + [run_one(s, m) for s, m in others]
+        render_table({"tasks": {t.name: t.describe() for t in task_list},
+                      "rows": [{"model": r["model"], "scores": main_scores(r),
+                                "time_s": sum(x.get("time_s", 0) for x in r["tasks"].values())} for r in runs]},
+                     out)
+        _save({"runs": runs}, output, _slug(res_a["model"]) + f"-vs-{len(others)}", out)
+        return
     if spec_b is None:
         report = res_a
         print_results(out, res_a)
@@ -120,13 +159,19 @@ def eval_command(
         report = {"runs": [res_a, res_b], "delta": compare_results(res_a, res_b),
                   "delta_is": f"{res_a['model']} minus {res_b['model']}"}
         print_comparison(out, res_a, res_b)
+    _save(report, output, _slug(res_a["model"]) + (f"-vs-{_slug(report['runs'][1]['model'])}" if spec_b else ""),
+          out)
+
+
+def _save(report: dict, output: Optional[Path], slug: str, console) -> None:
+    from l2v_cli.eval.runner import write_json
+
     if output is None:
         from l2v_cli.modeling.aliases import cache_root
 
-        slug = _slug(res_a["model"]) + (f"-vs-{_slug(report['runs'][1]['model'])}" if spec_b else "")
         output = cache_root() / "eval-results" / f"{slug}-{time.strftime('%Y%m%d-%H%M%S')}.json"
     path = write_json(output, report)
-    out.print(f"results → {path}", soft_wrap=True)
+    console.print(f"results → {path}", soft_wrap=True)
 
 
 def _slug(label: str) -> str:

@@ -215,13 +215,16 @@ class Encoder:
         return batch
 
     # ------------------------------------------------------------------ forward
-    def hidden_states(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        """Last hidden states (B, L, D) of the backbone for a collated batch."""
+    def hidden_states(self, batch: dict[str, torch.Tensor], layer: int = -1) -> torch.Tensor:
+        """Hidden states (B, L, D) of the backbone for a collated batch: the last layer's (after the
+        final norm, as `last_hidden_state`), or `layer`'s output (0 = the embeddings)."""
         kw = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
         if self._pass_positions:
             kw["position_ids"] = batch["position_ids"]
         if self._pass_use_cache:
             kw["use_cache"] = False
+        if layer != -1:
+            return self._backbone(**kw, output_hidden_states=True).hidden_states[layer]
         out = self._backbone(**kw)
         h = getattr(out, "last_hidden_state", None)
         if h is None:
