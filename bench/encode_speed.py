@@ -132,17 +132,9 @@ def resolve_bench_model(spec: str | None, cache: Path) -> tuple[Path, str]:
 
 # --------------------------------------------------------------------------- measurements
 def matmul_gflops(n: int, dtype, repeats: int = 3) -> float:
-    import torch
+    from l2v_cli.utils.perf import matmul_gflops as rate
 
-    a = torch.randn(n, n).to(dtype)
-    b = torch.randn(n, n).to(dtype)
-    torch.mm(a, b)
-    best = float("inf")
-    for _ in range(repeats):
-        t = time.perf_counter()
-        torch.mm(a, b)
-        best = min(best, time.perf_counter() - t)
-    return 2 * n**3 / best / 1e9
+    return rate(dtype, n, repeats)
 
 
 def matmul_rates() -> dict:

@@ -48,15 +48,9 @@ def _model(spec):
 
 def _matmul_rates(torch) -> dict:
     """GFLOP/s of a 1024^3 matmul in fp32 (and bf16 at 256^3: emulated bf16 is too slow for more)."""
-    out = {}
-    for name, dtype, n in (("fp32", torch.float32, 1024), ("bf16", torch.bfloat16, 256)):
-        x = torch.randn(n, n, dtype=dtype)
-        x @ x
-        t0 = time.perf_counter()
-        for _ in range(3):
-            x @ x
-        out[name] = round(3 * 2 * n**3 / (time.perf_counter() - t0) / 1e9, 2)
-    return out
+    from l2v_cli.utils.perf import matmul_gflops
+
+    return {"fp32": matmul_gflops("float32", 1024), "bf16": matmul_gflops("bfloat16", 256)}
 
 
 def _time(fn, steps):

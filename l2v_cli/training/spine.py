@@ -16,6 +16,7 @@ import json
 import math
 import os
 import time
+import warnings
 from pathlib import Path
 
 import torch
@@ -23,6 +24,10 @@ from transformers import PrinterCallback, Trainer, TrainerCallback, TrainingArgu
 
 from l2v_cli.errors import L2VError
 from l2v_cli.training import checkpoints as ck
+
+# transformers 5.2x renames gradient_checkpointing -> activation_checkpointing; the old names work
+# across all of 5.x (our supported range), so keep them and drop the rename notices.
+warnings.filterwarnings("ignore", message=r".*gradient_checkpointing.* is deprecated", category=FutureWarning)
 
 
 def build_training_args(train, out_dir: Path, *, bf16: bool, deepspeed: str | None = None,
