@@ -66,6 +66,7 @@ def eval_command(
     from rich.console import Console
 
     from l2v_cli.encoding import check_pooling
+    from l2v_cli.errors import L2VError
     from l2v_cli.eval.runner import compare as compare_results
     from l2v_cli.eval.runner import evaluate, load_encoder, parse_model_spec, run_mteb, write_json
     from l2v_cli.eval.tasks import DEFAULT_TASKS, parse_tasks
@@ -79,13 +80,16 @@ def eval_command(
     spec_b, mode_b = others[0] if len(others) == 1 else (None, None)
     err = Console(stderr=True, highlight=False)
     out = Console(highlight=False) if Console().is_terminal else Console(width=160, highlight=False)
+    if not compare and compare_bidirectional is not None:
+        raise L2VError("--compare-causal/--compare-bidirectional need --compare OTHER", where="--compare",
+                       fix="add --compare MODEL, or drop the flag")
+    if output is not None and output.is_dir():
+        raise L2VError(f"output {output} is a folder", where="--output", fix="give a file name, e.g. results.json")
     if word_tasks is not None:
         from l2v_cli.cli.word_eval import run_word_eval
 
         if tasks is not None or mteb:
-            from l2v_cli.errors import L2VError
-
-            raise L2VError("--word-tasks runs word-level probes only", where="--tasks/--mteb",
+                raise L2VError("--word-tasks runs word-level probes only", where="--tasks/--mteb",
                            fix="run sentence tasks (--tasks/--mteb) and word tasks in two calls")
         report = run_word_eval([(spec_a, mode_a), *others], word_tasks, data, positions=positions, layer=layer,
                                subword=subword, dtype=dtype, batch_size=batch_size, cache=cache,
@@ -94,11 +98,6 @@ def eval_command(
         first = report.get("runs", [report])[0]["model"]
         _save(report, output, _slug(first) + "-words", out)
         return
-    if not compare and compare_bidirectional is not None:
-        from l2v_cli.errors import L2VError
-
-        raise L2VError("--compare-causal/--compare-bidirectional need --compare OTHER", where="--compare",
-                       fix="add --compare MODEL, or drop the flag")
     task_specs = tasks if tasks is not None else (None if mteb else ",".join(DEFAULT_TASKS))
     task_list = parse_tasks(task_specs, instructions=instructions, limit=limit) if task_specs else []
     for t in task_list:
@@ -107,15 +106,8 @@ def eval_command(
         import importlib.util
 
         if importlib.util.find_spec("mteb") is None:
-            from l2v_cli.errors import L2VError
-
-            raise L2VError("--mteb needs the `mteb` package, which is not installed", where="--mteb",
+                raise L2VError("--mteb needs the `mteb` package, which is not installed", where="--mteb",
                            fix="pip install mteb (its task data is downloaded from the Hugging Face Hub)")
-    if output is not None and output.is_dir():
-        from l2v_cli.errors import L2VError
-
-        raise L2VError(f"output {output} is a folder", where="--output", fix="give a file name, e.g. results.json")
-
 
     def run_one(spec: str, mode: bool | None) -> dict:
         how = "as saved" if mode is None else ("bidirectional" if mode else "causal")

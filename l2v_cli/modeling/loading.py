@@ -57,6 +57,9 @@ def load_model(spec: str | Path, *, dtype: str = "float32", attn_implementation:
     from l2v_cli.modeling.sources import resolve_model
     from l2v_cli.utils.device import default_device, resolve_dtype
 
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # a per-tensor "Loading weights" bar is noise beside our own progress
     src = resolve_model(str(spec), trust_remote_code=trust_remote_code, allow_pickle=allow_pickle)
     check_safetensors(src.path, allow_pickle)
     torch_dtype = resolve_dtype(dtype)

@@ -68,7 +68,7 @@ def run_eval_stage(recipe, stages, folder: Path, final: Path, model: str, echo=p
                 if not (Path(spec) / "config.json").exists():
                     export_from_recipe(recipe, stage.folder, spec, overwrite=True)
             echo(f"eval: {label}  ({spec})")
-            result = evaluate(spec, [t for t in tasks], **opts)
+            result = evaluate(spec, tasks, **opts)
             write_json(out, result)
         rows.append({"model": label, "spec": spec, "scores": main_scores(result),
                      "time_s": round(sum(r.get("time_s", 0) for r in result["tasks"].values()), 1)})
