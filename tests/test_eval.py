@@ -382,6 +382,20 @@ def test_cli_compare_writes_json_and_prints_both_models_with_delta(tiny_dir, cac
     assert str(out) in p.stdout.replace("\n", "")
 
 
+def test_cli_repeated_compare_prints_one_row_per_model(tiny_dir, cache_env, tmp_path):
+    out = tmp_path / "three.json"
+    p = l2v("eval", f"{tiny_dir}@causal", "--tasks", "stsb,banking77", "--limit", "8", "--dtype", "float32",
+            "--compare", f"{tiny_dir}@bidirectional", "--compare", "tiny-qwen2@causal", "--output", str(out))
+    assert p.returncode == 0, p.stderr
+    runs = json.loads(out.read_text())["runs"]
+    assert [r["settings"]["attention"] for r in runs] == ["causal", "bidirectional", "causal"]
+    assert all(set(r["tasks"]) == {"stsb", "banking77"} for r in runs)
+    rows = [line for line in p.stdout.splitlines() if "(causal)" in line or "(bidirectional)" in line]
+    assert len(rows) == 3  # one table row per model, each with both tasks' main scores
+    for r, line in zip(runs, rows):
+        assert f"{r['tasks']['stsb']['spearman']:.2f}" in line and f"{r['tasks']['banking77']['accuracy']:.2f}" in line
+
+
 def test_cli_errors_are_one_line(tmp_path):
     p = l2v("eval", "tiny-llama", "--tasks", "stbs")
     assert p.returncode == 2
