@@ -52,12 +52,11 @@ def load_model(spec: str | Path, *, dtype: str = "float32", attn_implementation:
     import torch
     from safetensors import SafetensorError
     from transformers import AutoModel, AutoModelForCausalLM
+    from transformers.utils import logging as hf_logging
 
     from l2v_cli.modeling.bidir import enable_bidirectional, set_bidirectional
     from l2v_cli.modeling.sources import resolve_model
     from l2v_cli.utils.device import default_device, resolve_dtype
-
-    from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # a per-tensor "Loading weights" bar is noise beside our own progress
     src = resolve_model(str(spec), trust_remote_code=trust_remote_code, allow_pickle=allow_pickle)

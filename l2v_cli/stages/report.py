@@ -60,7 +60,8 @@ def render(rows: list[dict], peak_gflops: float | None, dtype: str, console) -> 
     cap = (f"matmul peak measured in this run: {peak_gflops:.0f} GFLOP/s ({dtype}); GFLOP/s = tokens/s × "
            "2 × forward FLOPs per token (LoRA on a frozen base)") if peak_gflops else None
     t = Table(title="Stages", title_justify="left", header_style="bold", caption=cap, caption_justify="left")
-    for c in ("stage", "wall s", "tokens/s", "GFLOP/s", "of peak", "peak RSS MB"):
+    # RSS is the process's peak so far (in-process stages share one process), read after each stage.
+    for c in ("stage", "wall s", "tokens/s", "GFLOP/s", "of peak", "peak RSS MB so far"):
         t.add_column(c, justify="left" if c == "stage" else "right")
 
     def f(v, fmt="{:.0f}"):
