@@ -60,13 +60,13 @@ def run_eval_stage(recipe, stages, folder: Path, final: Path, model: str, echo=p
     for label, spec, stage in points:
         slug = label.strip("+ ").split(" ")[0]
         out = folder / f"{slug}.json"
-        if out.exists():
+        if stage is not None:
+            spec = str(folder / "models" / stage.folder.name)
+        if out.exists():  # scored before this eval was interrupted
             result = json.loads(out.read_text())
         else:
-            if stage is not None:
-                spec = str(folder / "models" / stage.folder.name)
-                if not (Path(spec) / "config.json").exists():
-                    export_from_recipe(recipe, stage.folder, spec, overwrite=True)
+            if stage is not None and not (Path(spec) / "config.json").exists():
+                export_from_recipe(recipe, stage.folder, spec, overwrite=True)
             echo(f"eval: {label}  ({spec})")
             result = evaluate(spec, tasks, **opts)
             write_json(out, result)
