@@ -24,7 +24,7 @@ from typing import Callable, Optional
 
 import pytest
 
-from l2v_cli.cli.main import run
+from tests.cli_helpers import run_in_process
 
 # --------------------------------------------------------------------------- set-up helpers
 
@@ -290,16 +290,6 @@ def snapshot(root: Path) -> dict[str, tuple]:
             data = p.read_bytes()
             snap[rel] = ("file", len(data), hashlib.sha1(data).hexdigest())
     return snap
-
-
-def run_in_process(argv: list[str], capsys) -> tuple[int, str]:
-    capsys.readouterr()
-    try:
-        run(argv)
-        code = 0
-    except SystemExit as e:
-        code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
-    return code, capsys.readouterr().err
 
 
 RESULTS: dict[str, str] = {}  # case id -> the error line (for the summary and docs/hardening.md)

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from l2v_cli.cli.main import run
+from tests.cli_helpers import run_in_process
 
 SECRET = "hf_secret123"
 
@@ -48,16 +48,6 @@ def env(**extra) -> dict:
 def l2v(*argv, cwd, timeout=600, **extra_env) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "l2v_cli", *argv], cwd=cwd, env=env(**extra_env),
                           capture_output=True, text=True, timeout=timeout)
-
-
-def in_process(argv: list[str], capsys) -> tuple[int, str]:
-    capsys.readouterr()
-    try:
-        run(argv)
-        code = 0
-    except SystemExit as e:
-        code = e.code if isinstance(e.code, int) else 1
-    return code, capsys.readouterr().err
 
 
 def last_line(stderr: str) -> str:
@@ -99,7 +89,7 @@ def test_remote_code_is_refused_without_the_flag(tmp_path, capsys):
     assert p.returncode == 2 and "Traceback" not in p.stderr
     line = last_line(p.stderr)
     assert line.startswith("l2v: error:") and "--trust-remote-code" in line and "custom Python code" in line
-    code, err = in_process(["encode", str(folder), "-i", str(tmp_path / "t.txt"), "-o", str(tmp_path / "e.npy")],
+    code, err = run_in_process(["encode", str(folder), "-i", str(tmp_path / "t.txt"), "-o", str(tmp_path / "e.npy")],
                            capsys)
     assert code == 2 and "--trust-remote-code" in last_line(err)
     assert not marker.exists(), "the repo's Python code ran"
@@ -110,7 +100,7 @@ def test_auto_map_on_a_known_model_type_never_runs_repo_code(tmp_path, capsys):
     """model_type 'llama' is built in: the model loads with transformers' own class, evil.py stays unread."""
     folder, marker = remote_code_folder(tmp_path, "known", None)
     (tmp_path / "t.txt").write_text("hello\nworld\n")
-    code, err = in_process(["encode", str(folder), "-i", str(tmp_path / "t.txt"), "-o", str(tmp_path / "e.npy"),
+    code, err = run_in_process(["encode", str(folder), "-i", str(tmp_path / "t.txt"), "-o", str(tmp_path / "e.npy"),
                             "--no-progress"], capsys)
     assert code == 0, err[-2000:]
     assert (tmp_path / "e.npy").is_file()
@@ -128,7 +118,7 @@ def test_the_marker_would_catch_executed_code(tmp_path):
 @pytest.mark.parametrize("override", ["trust_remote_code=true", "bidir.trust_remote_code=true",
                                       "allow_pickle=true", "export.trust_remote_code=true"])
 def test_no_recipe_override_can_enable_remote_code_or_pickle(override, capsys):
-    code, err = in_process(["recipes", "show", "smoke", override], capsys)
+    code, err = run_in_process(["recipes", "show", "smoke", override], capsys)
     line = last_line(err)
     assert code == 2 and line.startswith("l2v: error: unknown key") and override.split("=")[0] in line
 
@@ -136,7 +126,7 @@ def test_no_recipe_override_can_enable_remote_code_or_pickle(override, capsys):
 def test_no_recipe_file_can_enable_remote_code(tmp_path, capsys):
     f = tmp_path / "r.yaml"
     f.write_text("name: r\nstages: [enable-bidir, export]\ntrust_remote_code: true\n")
-    code, err = in_process(["convert", "tiny-llama", "-r", str(f), "-o", str(tmp_path / "OUT")], capsys)
+    code, err = run_in_process(["convert", "tiny-llama", "-r", str(f), "-o", str(tmp_path / "OUT")], capsys)
     line = last_line(err)
     assert code == 2 and "unknown key 'trust_remote_code'" in line and "r.yaml:3" in line
     assert not (tmp_path / "OUT").exists()
@@ -175,7 +165,7 @@ def test_pickle_weights_are_refused_without_allow_pickle(command, tmp_path, caps
     (tmp_path / "t.txt").write_text("hello\n")
     out = tmp_path / ("OUT" if command == "enable-bidir" else "e.npy")
     argv = [command, str(folder), "-o", str(out)] + (["-i", str(tmp_path / "t.txt")] if command == "encode" else [])
-    code, err = in_process(argv, capsys)
+    code, err = run_in_process(argv, capsys)
     line = last_line(err)
     assert code == 2 and "only pickle weights" in line and "--allow-pickle" in line
     assert not marker.exists() and not out.exists()
@@ -203,9 +193,9 @@ def test_allow_pickle_loads_a_trusted_bin_checkpoint(tmp_path, capsys):
     (folder / "model.safetensors").unlink()
     (tmp_path / "t.txt").write_text("a\nb\n")
     argv = ["encode", str(folder), "-i", str(tmp_path / "t.txt"), "-o", str(tmp_path / "e.npy"), "--no-progress"]
-    code, err = in_process(argv, capsys)
+    code, err = run_in_process(argv, capsys)
     assert code == 2 and "--allow-pickle" in last_line(err)
-    code, err = in_process(argv + ["--allow-pickle"], capsys)
+    code, err = run_in_process(argv + ["--allow-pickle"], capsys)
     assert code == 0, err[-2000:]
     import numpy as np
 
@@ -229,7 +219,7 @@ def test_yaml_python_tags_in_a_recipe_run_nothing(tmp_path):
                                    "!!python/object/new:subprocess.Popen [[touch, {m}]]"])
 def test_yaml_python_tags_in_an_override_run_nothing(value, tmp_path, capsys):
     marker = tmp_path / "MARKER-override"
-    code, err = in_process(["recipes", "show", "smoke", "seed=" + value.format(m=marker)], capsys)
+    code, err = run_in_process(["recipes", "show", "smoke", "seed=" + value.format(m=marker)], capsys)
     assert code == 2 and "l2v: error: cannot parse the value of override" in last_line(err)
     assert not marker.exists()
 
