@@ -107,20 +107,17 @@ def run(argv: list[str]) -> dict:
         opt.step()
         opt.zero_grad()
 
-    def tokens_per_s(sec, tokens):
-        return round(tokens / sec, 1)
+    def side_by_side(reference, ours, tokens):
+        """Reference and our step timed in the same run (bf16 autocast only where it is native)."""
+        t_ref, t_ours = _time(reference, a.steps), _time(ours, a.steps)
+        t_bf16 = _time(lambda: ours(True), 1) if fast_bf16 else None
+        return {"reference_fp32_s": round(t_ref, 3), "ours_fp32_s": round(t_ours, 3),
+                "ours_bf16_autocast_s": t_bf16 and round(t_bf16, 3),
+                "reference_tokens_per_s": round(tokens / t_ref, 1), "ours_tokens_per_s": round(tokens / t_ours, 1),
+                "speedup_fp32": round(t_ref / t_ours, 2), "speedup_bf16": t_bf16 and round(t_ref / t_bf16, 2)}
 
-    mntp_tokens = int(batch["attention_mask"].sum())
-    t_ref = _time(mntp_reference, a.steps)
-    t_ours = _time(mntp_ours, a.steps)
-    t_bf16 = _time(lambda: mntp_ours(True), 1) if fast_bf16 else None
     results["mntp"] = {"batch": a.mntp_batch, "seq": a.mntp_len,
-                       "reference_fp32_s": round(t_ref, 3), "ours_fp32_s": round(t_ours, 3),
-                       "ours_bf16_autocast_s": t_bf16 and round(t_bf16, 3),
-                       "reference_tokens_per_s": tokens_per_s(t_ref, mntp_tokens),
-                       "ours_tokens_per_s": tokens_per_s(t_ours, mntp_tokens),
-                       "speedup_fp32": round(t_ref / t_ours, 2),
-                       "speedup_bf16": t_bf16 and round(t_ref / t_bf16, 2)}
+                       **side_by_side(mntp_reference, mntp_ours, int(batch["attention_mask"].sum()))}
     log(f"mntp {results['mntp']}")
 
     # ---- SimCSE: two dropout views of a batch of real sentences
@@ -146,17 +143,8 @@ def run(argv: list[str]) -> dict:
         opt.step()
         opt.zero_grad()
 
-    s_tokens = 2 * int(sb["attention_mask"].sum())
-    t_ref = _time(simcse_reference, a.steps)
-    t_ours = _time(simcse_ours, a.steps)
-    t_bf16 = _time(lambda: simcse_ours(True), 1) if fast_bf16 else None
     results["simcse"] = {"batch": a.simcse_batch, "max_len": a.simcse_len,
-                         "reference_fp32_s": round(t_ref, 3), "ours_fp32_s": round(t_ours, 3),
-                         "ours_bf16_autocast_s": t_bf16 and round(t_bf16, 3),
-                         "reference_tokens_per_s": tokens_per_s(t_ref, s_tokens),
-                         "ours_tokens_per_s": tokens_per_s(t_ours, s_tokens),
-                         "speedup_fp32": round(t_ref / t_ours, 2),
-                       "speedup_bf16": t_bf16 and round(t_ref / t_bf16, 2)}
+                         **side_by_side(simcse_reference, simcse_ours, 2 * int(sb["attention_mask"].sum()))}
     log(f"simcse {results['simcse']}")
     results["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
     return results

@@ -131,14 +131,11 @@ def eval_command(
 
     res_a = run_one(spec_a, mode_a)
     if len(others) > 1:  # several models: one row each, main metrics
-        from l2v_cli.eval.runner import main_scores
-        from l2v_cli.stages.evaluate import render_table
+        from l2v_cli.stages.evaluate import render_table, table_row
 
         runs = [res_a] + [run_one(s, m) for s, m in others]
         render_table({"tasks": {t.name: t.describe() for t in task_list},
-                      "rows": [{"model": r["model"], "scores": main_scores(r),
-                                "time_s": sum(x.get("time_s", 0) for x in r["tasks"].values())} for r in runs]},
-                     out)
+                      "rows": [table_row(r["model"], r["spec"], r) for r in runs]}, out)
         _save({"runs": runs}, output, _slug(res_a["model"]) + f"-vs-{len(others)}", out)
         return
     if spec_b is None:

@@ -47,7 +47,7 @@ def ablation_points(stages, final: Path, model: str) -> list[tuple[str, str, obj
 
 
 def run_eval_stage(recipe, stages, folder: Path, final: Path, model: str, echo=print) -> dict:
-    from l2v_cli.eval.runner import evaluate, main_scores, write_json
+    from l2v_cli.eval.runner import evaluate, write_json
     from l2v_cli.stages.export import export_from_recipe
 
     cfg = recipe.eval
@@ -70,13 +70,19 @@ def run_eval_stage(recipe, stages, folder: Path, final: Path, model: str, echo=p
             echo(f"eval: {label}  ({spec})")
             result = evaluate(spec, tasks, **opts)
             write_json(out, result)
-        rows.append({"model": label, "spec": spec, "scores": main_scores(result),
-                     "time_s": round(sum(r.get("time_s", 0) for r in result["tasks"].values()), 1)})
-    final_result = json.loads((folder / f"{rows[-1]['model'].strip('+ ').split(' ')[0]}.json").read_text())
-    write_json(folder / "eval.json", final_result)
+        rows.append(table_row(label, spec, result))
+    write_json(folder / "eval.json", result)  # the last point is the final model
     table = {"tasks": {t.name: t.describe() for t in tasks}, "rows": rows}
     write_json(folder / ("ablation.json" if cfg.ablation else "table.json"), table)
     return table
+
+
+def table_row(label: str, spec: str, result: dict) -> dict:
+    """One row of an evaluation table: main metric per task and the eval time of one evaluate() result."""
+    from l2v_cli.eval.runner import main_scores
+
+    return {"model": label, "spec": spec, "scores": main_scores(result),
+            "time_s": round(sum(r.get("time_s", 0) for r in result["tasks"].values()), 1)}
 
 
 def render_table(table: dict, console) -> None:
