@@ -1,0 +1,293 @@
+"""Run a .gguf through the real llama.cpp (the `llama-cpp-python` bindings): embeddings,
+per-token states, tokenization — and `GGUFEncoder`, the same `encode` contract as our `Encoder`.
+
+    m = LlamaCppModel("enc-q8_0.gguf", pooling="none", n_threads=2)
+    states = m.token_states([m.tokenize("hello world")])      # [(n_tokens, dim)]
+    served = LlamaCppModel("enc-q8_0.gguf").embed(["hello"])  # llama.cpp's own pooling (as llama-server)
+
+Two ways to embed, both measured by the tests:
+  * served: llama.cpp tokenizes and pools (the GGUF's pooling_type) — what `llama-server
+    --embeddings` and `llama-embedding` return. Mean pooling there averages EVERY token, so with
+    an instruction it includes the instruction's tokens.
+  * exact (`GGUFEncoder`): pooling none, the token ids laid out as `l2v encode` does (prefix +
+    instruction + text + suffix) and pooled over the text positions only, on our side.
+Without an instruction the two agree (and match `l2v encode`).
+
+llama-cpp-python is optional: every entry point raises one L2VError line with the install
+command when it is missing.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import numpy as np
+
+from l2v_cli.errors import L2VError
+
+LLAMA_CPP_VERSION = "0.3.36"  # its llama.cpp reads {arch}.attention.causal for every architecture
+INSTALL_HINT = f"make install-llamacpp (or: pip install llama-cpp-python=={LLAMA_CPP_VERSION}; it compiles llama.cpp)"
+POOLING_NAMES = {"none": 0, "mean": 1, "cls": 2, "last": 3}
+# Our pooling -> llama.cpp's, for the served path.
+SERVED_POOLING = {"mean": "mean", "last_token": "last", "eos": "last", "bos": "cls"}
+
+
+def require_llama_cpp():
+    """The llama_cpp module, or one L2VError line saying how to install it."""
+    try:
+        import llama_cpp
+    except ImportError:
+        raise L2VError("llama-cpp-python is not installed (needed to run a GGUF through llama.cpp)",
+                       where="llama_cpp", fix=INSTALL_HINT) from None
+    return llama_cpp
+
+
+def read_metadata(path: str | Path) -> dict:
+    """The GGUF's scalar/string keys ({key: value}) read with gguf.GGUFReader (no llama.cpp needed)."""
+    import gguf
+
+    try:
+        reader = gguf.GGUFReader(str(path))
+    except Exception as e:
+        raise L2VError(f"cannot read {path} as GGUF: {str(e).splitlines()[0][:200]}", where=str(path),
+                       fix="give a .gguf written by `l2v export --format gguf`") from None
+    out = {}
+    for name, field in reader.fields.items():
+        if name.startswith("tokenizer.ggml.") and name.endswith(("tokens", "merges", "token_type", "scores")):
+            continue
+        try:
+            out[name] = field.contents()
+        except Exception:
+            continue
+    return out
+
+
+def is_l2v_gguf(path: str | Path) -> bool:
+    """A GGUF written by our exporter (has the `l2v.pooling` key)."""
+    p = Path(path)
+    if not (p.is_file() and p.suffix.lower() == ".gguf"):
+        return False
+    try:
+        return "l2v.pooling" in read_metadata(p)
+    except L2VError:
+        return False
+
+
+class LlamaCppModel:
+    """One llama.cpp context in embedding mode; `pooling` None = the file's pooling_type."""
+
+    def __init__(self, path: str | Path, *, pooling: str | None = None, n_ctx: int = 512,
+                 n_threads: int | None = None, attention: str | None = None, vocab_only: bool = False):
+        llama_cpp = require_llama_cpp()
+        path = Path(path)
+        if not path.is_file():
+            raise L2VError(f"{path} does not exist", where="MODEL", fix="give the path of a .gguf file")
+        self.path = path
+        kw = {}
+        if pooling is not None:
+            if pooling not in POOLING_NAMES:
+                raise L2VError(f"unknown llama.cpp pooling {pooling!r}", where="pooling",
+                               fix="none | mean | cls | last")
+            kw["pooling_type"] = POOLING_NAMES[pooling]
+        if attention is not None:  # override what the file says (a control: run it causal)
+            kw["attention_type"] = {"causal": llama_cpp.LLAMA_ATTENTION_TYPE_CAUSAL,
+                                    "non-causal": llama_cpp.LLAMA_ATTENTION_TYPE_NON_CAUSAL}[attention]
+        threads = n_threads or max(1, os.cpu_count() or 1)
+        self.llm = llama_cpp.Llama(model_path=str(path), embedding=not vocab_only, vocab_only=vocab_only,
+                                   n_ctx=n_ctx, n_batch=n_ctx, n_ubatch=n_ctx, n_threads=threads,
+                                   n_threads_batch=threads, verbose=False, **kw)
+        self.n_ctx = n_ctx
+        self._lib = llama_cpp
+
+    # ------------------------------------------------------------------ tokens
+    def tokenize(self, text: str, add_special: bool = True) -> list[int]:
+        """llama.cpp's ids for `text`; add_special adds BOS/EOS as the GGUF's flags say."""
+        return list(self.llm.tokenize(text.encode("utf-8", "replace"), add_bos=add_special, special=False))
+
+    @property
+    def dim(self) -> int:
+        return int(self.llm.n_embd())
+
+    def meta(self, key: str) -> str | None:
+        return self.llm.metadata.get(key)
+
+    # ------------------------------------------------------------------ served path
+    def embed(self, texts: Sequence[str]) -> np.ndarray:
+        """llama.cpp's own tokenization and pooling (what llama-server returns), unnormalised."""
+        out = self.llm.embed(list(texts), normalize=False, truncate=True)
+        return np.asarray(out, dtype=np.float32)
+
+    # ------------------------------------------------------------------ per-token states
+    def token_states(self, seqs: Sequence[Sequence[int]], max_tokens: int | None = None) -> list[np.ndarray]:
+        """Last-layer states (n_i, dim) for each token-id list; needs pooling 'none'. Several
+        sequences share one decode (each its own seq id: they do not see each other)."""
+        lib = self._lib
+        ctx = self.llm.ctx
+        if lib.llama_pooling_type(ctx) != POOLING_NAMES["none"]:
+            raise L2VError("token_states needs a model opened with pooling='none'", where="LlamaCppModel")
+        budget = min(max_tokens or self.n_ctx, self.n_ctx)
+        for s in seqs:
+            if len(s) > budget:
+                raise L2VError(f"a sequence of {len(s)} tokens exceeds the llama.cpp context of {budget}",
+                               where="token_states", fix="raise n_ctx or truncate")
+        dim = self.dim
+        out: list[np.ndarray] = [None] * len(seqs)  # type: ignore[list-item]
+        batch = lib.llama_batch_init(self.n_ctx, 0, 1)
+        try:
+            i = 0
+            while i < len(seqs):
+                group, total = [], 0
+                while i < len(seqs) and total + len(seqs[i]) <= budget and len(group) < 64:
+                    group.append(i)
+                    total += len(seqs[i])
+                    i += 1
+                k = 0
+                for sid, idx in enumerate(group):
+                    for pos, tok in enumerate(seqs[idx]):
+                        batch.token[k] = int(tok)
+                        batch.pos[k] = pos
+                        batch.n_seq_id[k] = 1
+                        batch.seq_id[k][0] = sid
+                        batch.logits[k] = 1
+                        k += 1
+                batch.n_tokens = k
+                lib.llama_memory_clear(lib.llama_get_memory(ctx), True)
+                if lib.llama_decode(ctx, batch) != 0:
+                    raise L2VError("llama.cpp could not decode the batch", where=str(self.path))
+                k = 0
+                for idx in group:
+                    n = len(seqs[idx])
+                    arr = np.empty((n, dim), dtype=np.float32)
+                    for j in range(n):
+                        ptr = lib.llama_get_embeddings_ith(ctx, k + j)
+                        arr[j] = np.ctypeslib.as_array(ctypes.cast(ptr, ctypes.POINTER(ctypes.c_float)), (dim,))
+                    out[idx] = arr
+                    k += n
+        finally:
+            lib.llama_batch_free(batch)
+        return out
+
+    def close(self) -> None:
+        llm = getattr(self, "llm", None)
+        if llm is not None:
+            llm.close()
+            self.llm = None
+
+
+def check_tokenization(path: str | Path, tokenizer, texts: Iterable[str]) -> tuple[int, list[str]]:
+    """(number of texts compared, the texts llama.cpp tokenizes differently from `tokenizer`)."""
+    m = LlamaCppModel(path, vocab_only=True)
+    try:
+        texts = list(texts)
+        bad = [t for t in texts if m.tokenize(t) != list(tokenizer(t)["input_ids"])]
+    finally:
+        m.close()
+    return len(texts), bad
+
+
+class GGUFEncoder:
+    """`Encoder`'s contract (tokenize / encode) on llama.cpp: the exact path, for `l2v eval MODEL.gguf`."""
+
+    def __init__(self, path: str | Path, pooling: str | None = None, max_length: int = 512,
+                 n_threads: int | None = None):
+        from l2v_cli.encoding import check_pooling
+
+        self.path = Path(path).expanduser().absolute()
+        meta = read_metadata(self.path)
+        self.pooling = check_pooling(pooling or str(meta.get("l2v.pooling", "mean")))
+        self.max_length = max_length
+        self.name = str(self.path)
+        arch = meta.get("general.architecture")
+        self.bidirectional = meta.get(f"{arch}.attention.causal", True) is False
+        self.file_type = _file_type_name(meta.get("general.file_type"))
+        self.model = LlamaCppModel(self.path, pooling="none", n_ctx=max(max_length, 8), n_threads=n_threads)
+        self.prefix = [self.model.llm.token_bos()] if meta.get("tokenizer.ggml.add_bos_token") else []
+        eos = self.model.llm.token_eos()
+        self.eos_id = eos if eos >= 0 else None
+        self.suffix = [eos] if meta.get("tokenizer.ggml.add_eos_token") and eos >= 0 else []
+        pad = meta.get("tokenizer.ggml.padding_token_id")
+        bos = meta.get("tokenizer.ggml.bos_token_id")
+        self.fill_id = next((t for t in (self.eos_id, pad, bos) if t is not None), 0)
+        self.last_stats: dict = {}
+
+    @property
+    def dim(self) -> int:
+        return self.model.dim
+
+    @property
+    def dtype(self) -> str:
+        return f"gguf-{self.file_type}"
+
+    def settings_for_cache(self) -> dict:
+        return {"model": _file_fingerprint(self.path), "pooling": self.pooling, "dtype": self.dtype,
+                "max_length": self.max_length, "bidirectional": self.bidirectional, "runtime": "llama.cpp"}
+
+    def tokenize(self, texts: Sequence[str], instruction: str | None = None):
+        """As `Encoder.tokenize`: prefix + instruction + text (truncated) + suffix; pooled from the text."""
+        from l2v_cli.encoding.encoder import Tokenized
+
+        instr = self.model.tokenize(instruction, add_special=False) if instruction else []
+        context = len(self.prefix) + len(instr) if instr else 0
+        add_eos = self.pooling == "eos" and not (self.suffix and self.suffix[-1] == self.eos_id)
+        budget = self.max_length - len(self.prefix) - len(instr) - len(self.suffix) - int(add_eos)
+        if budget < 1:
+            raise L2VError(f"the instruction takes {len(instr)} tokens, leaving no room for the text "
+                           f"within max_length={self.max_length}", where="--instruction",
+                           fix="shorten the instruction or raise --max-length")
+        out = []
+        for t in texts:
+            ids = self.prefix + instr + self.model.tokenize(t, add_special=False)[:budget] + self.suffix
+            if add_eos:
+                ids.append(self.eos_id)
+            elif len(ids) <= context:
+                ids.append(self.fill_id)
+            out.append(Tokenized(ids, context))
+        return out
+
+    def encode(self, texts, instruction: str | None = None, batch_size: int = 32, normalize: bool = False,
+               show_progress: bool = False) -> np.ndarray:
+        import time
+
+        import torch
+
+        from l2v_cli.encoding.pooling import pool
+
+        if isinstance(texts, str):
+            texts = [texts]
+        texts = list(texts)
+        t0 = time.perf_counter()
+        out = np.zeros((len(texts), self.dim), dtype=np.float32)
+        items = self.tokenize(texts, instruction)
+        for start in range(0, len(items), max(1, batch_size)):
+            chunk = items[start:start + batch_size]
+            states = self.model.token_states([it.ids for it in chunk])
+            for j, (it, h) in enumerate(zip(chunk, states)):
+                mask = torch.zeros(1, len(it.ids), dtype=torch.bool)
+                mask[0, it.pool_start:] = True
+                out[start + j] = pool(torch.from_numpy(h)[None], mask, self.pooling)[0].numpy()
+        if normalize:
+            out = out / np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
+        self.last_stats = {"texts": len(texts), "tokens": sum(len(i) for i in items),
+                           "seconds": time.perf_counter() - t0}
+        return out
+
+    __call__ = encode
+
+
+def _file_fingerprint(path: Path) -> str:
+    """Identity of the .gguf for the embedding cache: path, size, mtime (a rewrite -> new key)."""
+    import hashlib
+
+    st = path.stat()
+    return hashlib.sha256(f"{path.resolve()}:{st.st_size}:{st.st_mtime_ns}".encode()).hexdigest()[:16]
+
+
+def _file_type_name(ft) -> str:
+    names = {0: "f32", 1: "f16", 7: "q8_0", 32: "bf16"}
+    try:
+        return names.get(int(ft), f"type{int(ft)}")
+    except (TypeError, ValueError):
+        return "unknown"
