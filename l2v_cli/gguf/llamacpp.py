@@ -35,13 +35,21 @@ POOLING_NAMES = {"none": 0, "mean": 1, "cls": 2, "last": 3}
 SERVED_POOLING = {"mean": "mean", "last_token": "last", "eos": "last", "bos": "cls"}
 
 
+_QUIET = []  # keeps the ctypes log callback alive
+
+
 def require_llama_cpp():
-    """The llama_cpp module, or one L2VError line saying how to install it."""
+    """The llama_cpp module (llama.cpp's own log lines silenced unless L2V_DEBUG=1), or one
+    L2VError line saying how to install it."""
     try:
         import llama_cpp
     except ImportError:
         raise L2VError("llama-cpp-python is not installed (needed to run a GGUF through llama.cpp)",
                        where="llama_cpp", fix=INSTALL_HINT) from None
+    if not _QUIET and os.environ.get("L2V_DEBUG") != "1":
+        cb = llama_cpp.llama_log_callback(lambda level, text, user_data: None)
+        llama_cpp.llama_log_set(cb, ctypes.c_void_p(0))
+        _QUIET.append(cb)
     return llama_cpp
 
 
@@ -104,8 +112,10 @@ class LlamaCppModel:
 
     # ------------------------------------------------------------------ tokens
     def tokenize(self, text: str, add_special: bool = True) -> list[int]:
-        """llama.cpp's ids for `text`; add_special adds BOS/EOS as the GGUF's flags say."""
-        return list(self.llm.tokenize(text.encode("utf-8", "replace"), add_bos=add_special, special=False))
+        """llama.cpp's ids for `text`; add_special adds BOS/EOS as the GGUF's flags say. Special-token
+        strings in the text ("<s>") become those tokens, as transformers (and llama-server) do;
+        llama-cpp-python's own `Llama.embed` keeps them as plain text."""
+        return list(self.llm.tokenize(text.encode("utf-8", "replace"), add_bos=add_special, special=True))
 
     @property
     def dim(self) -> int:

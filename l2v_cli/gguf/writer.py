@@ -241,6 +241,16 @@ def _l2v_keys(w, folder: Path, meta: dict, pooling: str) -> None:
     w.add_string("l2v.source", str(folder))
 
 
+def _safe_name(name: str, tokens: list[str]) -> str:
+    """general.name. llama.cpp gives Phi-3's special tokens their strip attributes when the NAME
+    contains "phi3"/"phi-3", and then needs four token strings in the vocabulary (it fails to load
+    without them): name such a model neutrally."""
+    low = name.lower()
+    if ("phi3" in low or "phi-3" in low) and not {"</s>", "<unk>", "<s>", "<|endoftext|>"} <= set(tokens):
+        return "l2v encoder"
+    return name
+
+
 # --------------------------------------------------------------------------- the writer
 
 
@@ -289,7 +299,7 @@ def write_gguf(folder: str | Path, out: str | Path, *, gguf_type: str = "f16", p
     check_writable_parent(out)
 
     w = gguf.GGUFWriter(None, spec.gguf_arch)
-    w.add_name(name or cfg.get("_name_or_path") or folder.name)
+    w.add_name(_safe_name(str(name or cfg.get("_name_or_path") or folder.name), vocab.tokens))
     w.add_type("model")
     _hparams(w, spec, cfg, n_layers)
     w.add_causal_attention(causal)

@@ -1,0 +1,180 @@
+"""GGUF exports run by the real llama.cpp (llama-cpp-python): same embeddings as `l2v encode`, the
+same token ids, attention bidirectional inside llama.cpp, the instruction path, `l2v eval MODEL.gguf`.
+
+Slow lane: `make test-gguf` installs llama-cpp-python (it compiles llama.cpp) and runs this file.
+Without llama-cpp-python every test here is skipped with the install command.
+Sentences: the first 50 of the shipped STS-B test set (sentence1).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from l2v_cli.gguf.check import compare_embeddings, cosine_rows, reference_embeddings
+from l2v_cli.gguf.export import probe_texts
+from l2v_cli.gguf.writer import write_gguf
+from tests.gguf_helpers import ARCHS, bidir_folder
+
+pytestmark = [pytest.mark.slow,
+              pytest.mark.skipif(importlib.util.find_spec("llama_cpp") is None,
+                                 reason="llama-cpp-python not installed: make install-llamacpp")]
+REPO = Path(__file__).resolve().parents[1]
+INSTRUCTION = "Retrieve semantically similar text: "  # ends in a space: merges with the text if not split
+THREADS = 2
+
+
+def sts_sentences(n: int = 50) -> list[str]:
+    with open(REPO / "data" / "eval" / "stsb" / "test.jsonl", encoding="utf-8") as f:
+        return [json.loads(line)["sentence1"] for _, line in zip(range(n), f)]
+
+
+@pytest.fixture(scope="module")
+def root(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("gguf-llamacpp")
+
+
+# --------------------------------------------------------------------------- tiny models, every architecture
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_tiny_arch_llamacpp_equals_l2v_encode(arch, root):
+    from l2v_cli.gguf.llamacpp import check_tokenization
+    from l2v_cli.modeling.loading import load_tokenizer
+
+    folder = bidir_folder(arch, root)
+    out = write_gguf(folder, root / f"{arch}-f32.gguf", gguf_type="f32").path
+    n, bad = check_tokenization(out, load_tokenizer(folder), probe_texts())
+    assert n == 70 and bad == []
+    res = compare_embeddings(folder, out, sts_sentences(), n_threads=THREADS)
+    assert res["served"]["min_cos"] >= 0.9999, res
+    assert res["exact"]["min_cos"] >= 0.9999, res
+
+
+def _first_token_shift(path: Path, ids: list[int], attention: str | None = None) -> float:
+    """How far token 0's state moves when the LAST token changes (pooling none)."""
+    from l2v_cli.gguf.llamacpp import LlamaCppModel
+
+    m = LlamaCppModel(path, pooling="none", n_threads=THREADS, attention=attention)
+    try:
+        a, b = m.token_states([ids, ids[:-1] + [ids[-1] + 1]])
+    finally:
+        m.close()
+    return float(np.abs(a[0] - b[0]).max())
+
+
+def test_attention_is_bidirectional_inside_llama_cpp(root):
+    folder = bidir_folder("llama", root)
+    out = root / "bidir-probe.gguf"
+    write_gguf(folder, out, gguf_type="f32")
+    ids = [1, 40, 41, 300, 7, 99, 500, 12]
+    assert _first_token_shift(out, ids) > 1e-3  # the first token sees the last one
+    # control: the same file forced causal at run time; token 0 no longer sees the future
+    assert _first_token_shift(out, ids, attention="causal") < 1e-6
+
+
+def test_causal_export_differs(root):
+    """A causal export of the same weights (--allow-causal, file says causal) is a different encoder."""
+    from l2v_cli.gguf.llamacpp import LlamaCppModel
+
+    folder = bidir_folder("llama", root)
+    causal_dir = root / "llama-causal-cfg"
+    if not causal_dir.exists():
+        import shutil
+
+        shutil.copytree(folder, causal_dir)
+        cfg = json.loads((causal_dir / "config.json").read_text())
+        cfg["is_causal"] = True
+        (causal_dir / "config.json").write_text(json.dumps(cfg))
+    out = write_gguf(causal_dir, root / "causal.gguf", gguf_type="f32", allow_causal=True).path
+    ids = [1, 40, 41, 300, 7, 99, 500, 12]
+    assert _first_token_shift(out, ids) < 1e-6
+    texts = sts_sentences(20)
+    ref = reference_embeddings(folder, texts)
+    m = LlamaCppModel(out, n_threads=THREADS)
+    try:
+        got = m.embed(texts)
+    finally:
+        m.close()
+    assert cosine_rows(got, ref).mean() < 0.99
+
+
+# --------------------------------------------------------------------------- SmolLM2-135M, every GGUF type
+
+TARGETS = {"f32": 0.9999, "f16": 0.999, "bf16": 0.999, "q8_0": 0.99}
+
+
+@pytest.fixture(scope="module")
+def smollm(root) -> Path:
+    from l2v_cli.stages.enable_bidir import enable_bidir
+
+    out = root / "smollm2-bidir"
+    enable_bidir("smollm2-135m", out, verify=False)
+    return out
+
+
+@pytest.fixture(scope="module")
+def smollm_ref(smollm) -> np.ndarray:
+    return reference_embeddings(smollm, sts_sentences())
+
+
+@pytest.mark.parametrize("gguf_type", list(TARGETS))
+def test_smollm2_llamacpp_equals_l2v_encode(gguf_type, smollm, smollm_ref, root):
+    from l2v_cli.gguf.llamacpp import check_tokenization
+    from l2v_cli.modeling.loading import load_tokenizer
+
+    out = write_gguf(smollm, root / f"smollm2-{gguf_type}.gguf", gguf_type=gguf_type).path
+    if gguf_type == "f32":
+        n, bad = check_tokenization(out, load_tokenizer(smollm), probe_texts())
+        assert n == 70 and bad == []
+    res = compare_embeddings(smollm, out, sts_sentences(), n_threads=THREADS, reference=smollm_ref)
+    assert res["served"]["mean_cos"] >= TARGETS[gguf_type], res
+    assert res["exact"]["mean_cos"] >= TARGETS[gguf_type], res
+
+
+def test_instruction_served_vs_exact(smollm, root):
+    """With an instruction, llama.cpp's own mean pooling differs (it averages the instruction too);
+    pooling none + client-side pooling over the text (GGUFEncoder, the docs script) matches."""
+    path = root / "smollm2-f32.gguf"
+    if not path.exists():
+        write_gguf(smollm, path, gguf_type="f32")
+    texts = sts_sentences(20)
+    res = compare_embeddings(smollm, path, texts, instruction=INSTRUCTION, n_threads=THREADS)
+    assert res["exact"]["min_cos"] >= 0.9999, res
+    assert res["served"]["mean_cos"] < 0.99, res  # the difference is real: the instruction gets pooled
+    # the runnable script in docs/ gives the same vectors as `l2v encode --instruction`
+    ref = reference_embeddings(smollm, texts[:3], instruction=INSTRUCTION)
+    proc = subprocess.run([sys.executable, str(REPO / "docs" / "gguf_instruction_pooling.py"), str(path),
+                           INSTRUCTION, *texts[:3]], capture_output=True, text=True, check=True, timeout=300)
+    got = np.array([json.loads(line) for line in proc.stdout.splitlines()], dtype=np.float32)
+    assert cosine_rows(got, ref).min() >= 0.9999
+
+
+def test_l2v_eval_runs_the_gguf_through_llama_cpp(smollm, root, tmp_path):
+    path = root / "smollm2-f32.gguf"
+    if not path.exists():
+        write_gguf(smollm, path, gguf_type="f32")
+    l2v = [sys.executable, "-m", "l2v_cli"]
+    outs = {}
+    for name, model in (("gguf", str(path)), ("hf", str(smollm))):
+        out = tmp_path / f"{name}.json"
+        subprocess.run([*l2v, "eval", model, "--tasks", "stsb", "--limit", "40", "--dtype", "float32",
+                        "--no-cache", "-o", str(out)], check=True, capture_output=True, timeout=900)
+        outs[name] = json.loads(out.read_text())
+    assert outs["gguf"]["settings"]["dtype"] == "gguf-f32"
+    a, b = outs["gguf"]["tasks"]["stsb"]["spearman"], outs["hf"]["tasks"]["stsb"]["spearman"]
+    assert abs(a - b) < 0.5, (a, b)
+
+
+def test_export_checks_tokenization_with_llama_cpp(smollm, tmp_path):
+    from l2v_cli.gguf.export import export_gguf
+
+    rep = export_gguf(smollm, tmp_path / "enc", gguf_types=["q8_0"])
+    assert rep.token_check == {"enc-q8_0.gguf": "70/70 identical"}
+    assert "70/70 identical" in (tmp_path / "enc" / "README.md").read_text()
