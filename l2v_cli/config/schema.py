@@ -169,6 +169,10 @@ class ExportConfig:
     max_shard_size: str = opt("5GB", "Largest safetensors shard.")
     query_instruction: Optional[str] = opt(None, "Prompt prepended to queries (null = none).")
     document_instruction: Optional[str] = opt(None, "Prompt prepended to documents (null = none).")
+    formats: list[Literal["st", "gguf"]] = opt(lambda: ["st"], "What to write: st (sentence-transformers "
+                                                "folder), gguf (llama.cpp file in the same folder; docs/gguf.md).")
+    gguf_types: list[Literal["f32", "f16", "bf16", "q8_0"]] = opt(lambda: ["q8_0"], "GGUF weight types "
+                                                                   "(one file each) when formats has gguf.")
 
 
 @dataclass

@@ -29,7 +29,9 @@ import numpy as np
 from l2v_cli.errors import L2VError
 
 LLAMA_CPP_VERSION = "0.3.36"  # its llama.cpp reads {arch}.attention.causal for every architecture
-INSTALL_HINT = f"make install-llamacpp (or: pip install llama-cpp-python=={LLAMA_CPP_VERSION}; it compiles llama.cpp)"
+# AVX2 build, not -march=native: on AMX CPUs the native build crashed in q8_0 matmuls (see Makefile)
+INSTALL_HINT = (f"make install-llamacpp (or: CMAKE_ARGS=\"-DGGML_NATIVE=OFF -DGGML_AVX2=ON -DGGML_FMA=ON "
+                f"-DGGML_F16C=ON\" pip install llama-cpp-python=={LLAMA_CPP_VERSION}; it compiles llama.cpp)")
 POOLING_NAMES = {"none": 0, "mean": 1, "cls": 2, "last": 3}
 # Our pooling -> llama.cpp's, for the served path.
 SERVED_POOLING = {"mean": "mean", "last_token": "last", "eos": "last", "bos": "cls"}

@@ -950,6 +950,17 @@ def export_from_recipe(recipe, source: str | Path, out: str | Path, *, overwrite
     """`export` with the settings of a recipe's `export` section (what `l2v run` uses)."""
     e = recipe.export
     max_len = getattr(getattr(recipe, "eval", None), "max_length", 512) or 512
+    if "gguf" in (getattr(e, "formats", None) or ["st"]):  # + llama.cpp file(s): l2v_cli/gguf/export.py
+        from l2v_cli.gguf.export import export_gguf
+
+        if "st" not in e.formats:
+            raise L2VError("export.formats in a recipe must include st (eval and the report read that folder)",
+                           where="export.formats", fix="use [st, gguf]")
+        return export_gguf(source, out, formats=e.formats, gguf_types=e.gguf_types, pooling=e.pooling,
+                           normalize=e.normalize, query_instruction=e.query_instruction,
+                           document_instruction=e.document_instruction, overwrite=overwrite, dtype=e.dtype,
+                           max_shard_size=e.max_shard_size, recipe=recipe, max_seq_length=max_len,
+                           stage_input=stage_input).out
     return export(source, out, dtype=e.dtype, pooling=e.pooling, normalize=e.normalize,
                   max_shard_size=e.max_shard_size, query_instruction=e.query_instruction,
                   document_instruction=e.document_instruction, overwrite=overwrite, recipe=recipe,
