@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: install install-llamacpp test test-all test-gguf bench demo clean
+.PHONY: install install-llamacpp install-llamacpp-tools test test-all test-gguf bench demo clean
 
 install:
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -43,9 +43,25 @@ test:
 test-all:
 	$(PY) -m pytest -q -p no:cacheprovider
 
+# llama.cpp's own tools (llama-server, llama-embedding), built from the same llama.cpp source as the
+# llama-cpp-python pin (its sdist vendors it), same flags; binaries in $(LLAMACPP_TOOLS)/bin.
+LLAMACPP_TOOLS ?= $(HOME)/.cache/l2v/llama.cpp-$(LLAMACPP_VERSION)
+install-llamacpp-tools:
+	@if [ -x $(LLAMACPP_TOOLS)/bin/llama-server ] && [ -x $(LLAMACPP_TOOLS)/bin/llama-embedding ]; then \
+		echo "llama.cpp tools in $(LLAMACPP_TOOLS)/bin"; else \
+	src=$$(mktemp -d) && \
+	$(PIP) download -q --no-deps --no-binary :all: -d $$src llama-cpp-python==$(LLAMACPP_VERSION) && \
+	tar xzf $$src/llama_cpp_python-$(LLAMACPP_VERSION).tar.gz -C $$src && \
+	cmake -S $$src/llama_cpp_python-$(LLAMACPP_VERSION)/vendor/llama.cpp -B $$src/build -DCMAKE_BUILD_TYPE=Release \
+		$(filter-out -DLLAVA_BUILD=OFF,$(LLAMACPP_CMAKE_ARGS)) -DLLAMA_CURL=OFF -DLLAMA_OPENSSL=OFF -DLLAMA_BUILD_TESTS=OFF \
+		-DLLAMA_BUILD_EXAMPLES=ON -DLLAMA_BUILD_TOOLS=ON -DLLAMA_BUILD_SERVER=ON -DBUILD_SHARED_LIBS=OFF >/dev/null && \
+	cmake --build $$src/build -j$$(nproc) --target llama-embedding llama-server >/dev/null && \
+	mkdir -p $(LLAMACPP_TOOLS)/bin && cp $$src/build/bin/llama-embedding $$src/build/bin/llama-server $(LLAMACPP_TOOLS)/bin/ && \
+	rm -rf $$src; fi
+
 # The GGUF slow lane: real llama.cpp vs `l2v encode` (tiny models of every architecture, SmolLM2-135M).
-test-gguf: install-llamacpp
-	$(PY) -m pytest -q -m slow -p no:cacheprovider tests/test_gguf_llamacpp.py
+test-gguf: install-llamacpp install-llamacpp-tools
+	L2V_LLAMACPP_BIN=$(LLAMACPP_TOOLS)/bin $(PY) -m pytest -q -m slow -p no:cacheprovider tests/test_gguf_llamacpp.py
 
 bench:
 	$(PY) -m bench.run

@@ -181,3 +181,72 @@ def test_export_checks_tokenization_with_llama_cpp(smollm, tmp_path):
     rep = export_gguf(smollm, tmp_path / "enc", gguf_types=["q8_0"])
     assert rep.token_check == {"enc-q8_0.gguf": "70/70 identical"}
     assert "70/70 identical" in (tmp_path / "enc" / "README.md").read_text()
+
+
+# --------------------------------------------------------------------------- llama.cpp's own tools, as the card says
+
+
+def _tool(name: str) -> str:
+    import os
+    import shutil
+
+    d = os.environ.get("L2V_LLAMACPP_BIN")
+    path = str(Path(d) / name) if d else shutil.which(name)
+    if not path or not Path(path).exists():
+        pytest.skip(f"{name} not built: make install-llamacpp-tools")
+    return path
+
+
+def _card_command(card: str, tool: str) -> list[str]:
+    import shlex
+
+    line = next(ln for ln in card.splitlines() if ln.startswith(tool + " "))
+    return shlex.split(line)
+
+
+def test_serve_commands_from_the_card(smollm, smollm_ref, tmp_path):
+    """Run the card's `llama-embedding` and `llama-server` lines as written (in the export folder)."""
+    import socket
+    import time
+    import urllib.request
+
+    from l2v_cli.gguf.export import export_gguf
+
+    export_gguf(smollm, tmp_path / "enc", gguf_types=["q8_0"])
+    folder = tmp_path / "enc"
+    card = (folder / "README.md").read_text()
+    texts = sts_sentences(4)
+
+    cmd = _card_command(card, "llama-embedding")
+    cmd[0] = _tool("llama-embedding")
+    cmd[cmd.index("-p") + 1] = texts[0]
+    proc = subprocess.run(cmd + ["-t", str(THREADS)], cwd=folder, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    data = json.loads(proc.stdout[proc.stdout.index("{"):])
+    got = np.array([d["embedding"] for d in data["data"]], dtype=np.float32)
+    assert cosine_rows(got, smollm_ref[:1]).min() >= 0.99
+
+    server = _card_command(card, "llama-server")
+    server[0] = _tool("llama-server")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server[server.index("--port") + 1] = str(port)
+    p = subprocess.Popen(server + ["--host", "127.0.0.1", "-t", str(THREADS)], cwd=folder,
+                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        url = f"http://127.0.0.1:{port}"
+        for _ in range(300):
+            try:
+                if urllib.request.urlopen(url + "/health", timeout=2).status == 200:
+                    break
+            except OSError:
+                time.sleep(0.5)
+        req = urllib.request.Request(url + "/v1/embeddings", data=json.dumps({"input": texts}).encode(),
+                                     headers={"Content-Type": "application/json"})
+        out = json.loads(urllib.request.urlopen(req, timeout=120).read())
+        got = np.array([d["embedding"] for d in sorted(out["data"], key=lambda d: d["index"])], dtype=np.float32)
+        assert cosine_rows(got, smollm_ref[:4]).min() >= 0.99
+    finally:
+        p.terminate()
+        p.wait(timeout=30)

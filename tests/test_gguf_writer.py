@@ -290,3 +290,44 @@ def test_recipe_formats_rejects_unknown_and_gguf_alone(llama, tmp_path):
         load_recipe("smoke", ["export.formats=[st,onnx]"])
     with pytest.raises(L2VError, match="must include st"):
         export_from_recipe(load_recipe("smoke", ["export.formats=[gguf]"]), llama, tmp_path / "final")
+
+
+def test_stage_folder_is_merged_then_converted(tmp_path, capsys):
+    """SOURCE = a training-stage folder (base + LoRA adapter): the GGUF holds the MERGED weights,
+    the same as the sentence-transformers export of that stage."""
+    from transformers import AutoModel
+
+    from l2v_cli.config.schema import LoraConfig
+    from l2v_cli.modeling.loading import load_model
+    from l2v_cli.stages.common import finish_stage, read_chain
+    from l2v_cli.stages.enable_bidir import enable_bidir
+    from l2v_cli.stages.export import export
+    from l2v_cli.training.lora import add_lora
+
+    enable_bidir("tiny-llama", tmp_path / "bidir", verify=False)
+    loaded = load_model(str(tmp_path / "bidir"), dtype="float32", bidirectional=True, verify=False, lm_head=True,
+                        device="cpu")
+    model = add_lora(loaded.model, LoraConfig(r=4, alpha=8, dropout=0.0))
+    gen = torch.Generator().manual_seed(7)
+    for name, p in model.named_parameters():
+        if "lora_" in name:
+            p.data = torch.randn(p.shape, generator=gen) * 0.1
+
+    class Saver:
+        def save_model(self, path):
+            model.save_pretrained(path)
+
+    (tmp_path / "simcse").mkdir()
+    finish_stage(tmp_path / "simcse", Saver(), loaded.tokenizer, "train-simcse", read_chain(tmp_path / "bidir"),
+                 {"steps": 3})
+    code, err, _ = _cli(["export", str(tmp_path / "simcse"), "-o", str(tmp_path / "enc"), "--format", "gguf",
+                         "--gguf-type", "f32"], capsys)
+    assert code == 0, err
+    st = export(tmp_path / "simcse", tmp_path / "st", verify=False)
+    ids = torch.tensor([[1, 40, 41, 300, 7, 99, 500, 12, 2]])
+    ref = _hidden(AutoModel.from_pretrained(st, dtype=torch.float32).eval(), ids)
+    base = _hidden(AutoModel.from_pretrained(tmp_path / "bidir", dtype=torch.float32).eval(), ids)
+    got = _hidden(_via_transformers(st, tmp_path / "enc" / "enc-f32.gguf"), ids)
+    assert torch.allclose(ref, got, atol=1e-4)
+    assert (base - got).abs().max() > 1e-2  # the adapter was merged in
+    assert sorted(p.name for p in (tmp_path / "enc").iterdir()) == ["README.md", "enc-f32.gguf"]
