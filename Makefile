@@ -60,7 +60,9 @@ install-llamacpp-tools:
 	rm -rf $$src; fi
 
 # The GGUF slow lane: real llama.cpp vs `l2v encode` (tiny models of every architecture, SmolLM2-135M).
-test-gguf: install-llamacpp install-llamacpp-tools
+# The serve test (llama-server, llama-embedding as the model card writes them) runs when
+# `make install-llamacpp-tools` has built them (another ~18 CPU-minutes), else it is skipped.
+test-gguf: install-llamacpp
 	L2V_LLAMACPP_BIN=$(LLAMACPP_TOOLS)/bin $(PY) -m pytest -q -m slow -p no:cacheprovider tests/test_gguf_llamacpp.py
 
 bench:
