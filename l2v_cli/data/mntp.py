@@ -172,7 +172,10 @@ def mntp_loss(hidden_states: torch.Tensor, labels: torch.Tensor, lm_head,
     b, pos, target = mntp_targets(labels)
     if target.numel() == 0:
         return lm_head(hidden_states[:1, 0]).float().sum() * 0.0
-    logits = lm_head(hidden_states[b, pos]).float()
+    # Under mixed precision accelerate returns the model's outputs in float32 while the head's
+    # weights stay in the compute dtype (bf16): feed the head its own dtype.
+    head_dtype = next(lm_head.parameters()).dtype
+    logits = lm_head(hidden_states[b, pos].to(head_dtype)).float()
     if softcap:
         logits = torch.tanh(logits / softcap) * softcap
     return F.cross_entropy(logits, target.to(logits.device))
