@@ -129,9 +129,9 @@ def test_simcse_views_differ_only_by_dropout(tmp_path):
     from l2v_cli.training.losses import info_nce
 
     trainer = SimcseTrainer.__new__(SimcseTrainer)
-    trainer.scale, trainer.gather = 20.0, False
+    trainer.scale, trainer.gather, trainer.mask_duplicates = 20.0, False, False
     x = torch.randn(4, 8)
-    assert trainer.loss_from([x, x], None) == pytest.approx(float(info_nce(x, x, 20.0, gather=False)))
+    assert trainer.loss_from([x, x], {}) == pytest.approx(float(info_nce(x, x, 20.0, gather=False)))
     batch = {"input_ids": torch.ones(2, 3)}
     assert trainer.views(batch) == [batch, batch]
 

@@ -128,6 +128,12 @@ class SimcseConfig:
     group_by_length: bool = opt(
         False, "Batch sentences of similar token length together: far less padding (faster on "
         "CPU), and in-batch negatives of similar length.")
+    min_tokens: int = opt(
+        3, "Drop degenerate sentences before training: fewer than N tokens, or fewer than N words "
+        "once markup (<tags>, {{templates}}, ...) is removed; the count is logged. 0 = keep all.", ge=0)
+    mask_duplicates: bool = opt(
+        True, "Mask in-batch copies of a sentence: an identical text elsewhere in the batch is not "
+        "scored as a negative (it would be a false negative).")
     lora: LoraConfig = opt(LoraConfig, "LoRA adapter trained in this stage.")
     train: TrainConfig = opt(
         lambda: TrainConfig(max_steps=1000, per_device_batch_size=128, learning_rate=3e-5),

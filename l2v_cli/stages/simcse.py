@@ -15,18 +15,23 @@ from l2v_cli.stages.contrastive import ContrastiveTrainer
 
 
 class TextCollator:
-    """Texts -> one padded batch with a pool mask (the encoder's own tokenisation)."""
+    """Texts -> one padded batch with a pool mask (the encoder's own tokenisation), plus each
+    text's id (equal texts, equal ids: in-batch duplicates are masked in the loss)."""
 
     def __init__(self, encoder):
         self.encoder = encoder
 
     def __call__(self, rows):
-        return self.encoder.collate(self.encoder.tokenize([r["text"] for r in rows]))
+        from l2v_cli.training.losses import text_ids
+
+        texts = [r["text"] for r in rows]
+        return {**self.encoder.collate(self.encoder.tokenize(texts)), "text_ids": text_ids(texts)}
 
 
 class SimcseTrainer(ContrastiveTrainer):
     scale = 20.0
     gather = True
+    mask_duplicates = True
 
     def views(self, inputs):
         return [inputs, inputs]  # same texts twice: dropout makes the two views differ
@@ -34,7 +39,8 @@ class SimcseTrainer(ContrastiveTrainer):
     def loss_from(self, embs, inputs):
         from l2v_cli.training.losses import info_nce
 
-        return info_nce(embs[0], embs[1], self.scale, gather=self.gather)
+        ids = {"positive_ids": inputs["text_ids"]} if self.mask_duplicates else {}
+        return info_nce(embs[0], embs[1], self.scale, gather=self.gather, **ids)
 
 
 def with_token_lengths(ds, tok, max_len: int):
@@ -47,6 +53,7 @@ def train_simcse(recipe, input_model: str | Path, out: str | Path, *, resume: bo
                  force: bool = False, deepspeed: str | None = None) -> Path:
     import torch
 
+    from l2v_cli.data.clean import drop_degenerate
     from l2v_cli.data.text import load_texts
     from l2v_cli.encoding.encoder import Encoder
     from l2v_cli.stages.mntp import load_training_model, stage_config
@@ -65,6 +72,8 @@ def train_simcse(recipe, input_model: str | Path, out: str | Path, *, resume: bo
     encoder = Encoder(model, tok, pooling=cfg.pooling, max_length=cfg.max_seq_length)
 
     ds = load_texts(cfg.data, key="simcse.data")
+    ds, cleaned = drop_degenerate(ds, tok, cfg.min_tokens)
+    print(cleaned.line("simcse.data"), flush=True)
     if cfg.group_by_length:
         ds = with_token_lengths(ds, tok, cfg.max_seq_length)
     args = build_training_args(cfg.train, out, bf16=dtype == torch.bfloat16, deepspeed=deepspeed,
@@ -74,6 +83,9 @@ def train_simcse(recipe, input_model: str | Path, out: str | Path, *, resume: bo
                             callbacks=[JsonlMetrics(out), RichProgress(f"SimCSE {out.name}")])
     trainer.pooling, trainer.scale = cfg.pooling, cfg.scale
     trainer.gather, trainer.grad_cache_chunk_size = cfg.gather_across_processes, cfg.grad_cache_chunk_size
+    trainer.mask_duplicates = cfg.mask_duplicates
     trainer.train(resume_from_checkpoint=str(last) if last else None)
-    finish_stage(out, trainer, tok, "train-simcse", chain, {"steps": trainer.state.global_step})
+    finish_stage(out, trainer, tok, "train-simcse", chain,
+                 {"steps": trainer.state.global_step, "sentences": cleaned.kept,
+                  "dropped": {"short": cleaned.short, "markup": cleaned.markup}})
     return out
