@@ -134,6 +134,10 @@ class SimcseConfig:
     mask_duplicates: bool = opt(
         True, "Mask in-batch copies of a sentence: an identical text elsewhere in the batch is not "
         "scored as a negative (it would be a false negative).")
+    view_instruction: Optional[str] = opt(
+        None, "null = plain SimCSE (both views are the bare sentence). An instruction puts the "
+        "second view behind it (attended to, not pooled): the bare sentence's embedding is pulled "
+        "towards the instructed one's, so the model learns to embed text well without a prompt.")
     lora: LoraConfig = opt(LoraConfig, "LoRA adapter trained in this stage.")
     train: TrainConfig = opt(
         lambda: TrainConfig(max_steps=1000, per_device_batch_size=128, learning_rate=3e-5),
@@ -189,6 +193,11 @@ class EvalConfig:
     ablation: bool = opt(
         False, "Also score the causal base, the untrained bidirectional model and each training "
         "stage (the paper's ablation table; exports each stage to eval/models/).")
+    protocols: list[Literal["no_prompt", "instruction"]] = opt(
+        lambda: ["no_prompt", "instruction"],
+        "How texts reach the model, one column each: no_prompt (the bare text, as "
+        "SentenceTransformer(path).encode(texts) sends it) and/or instruction (the task's "
+        "instruction on the query side, LLM2Vec / E5).")
 
 
 @dataclass

@@ -13,7 +13,15 @@ from __future__ import annotations
 # The one list of pooling methods (validated by the CLI before torch is imported).
 POOLING_METHODS: tuple[str, ...] = ("mean", "weighted_mean", "last_token", "eos", "bos")
 
-__all__ = ["POOLING_METHODS", "Encoder", "pool", "check_pooling"]
+__all__ = ["POOLING_METHODS", "Encoder", "pool", "check_pooling", "as_prefix"]
+
+
+def as_prefix(instruction: str | None) -> str | None:
+    """'Do X' -> 'Do X: ', the instruction as the Encoder's prefix (attended to, not pooled): the
+    one spelling used by evaluation, supervised training and mining."""
+    if not instruction:
+        return None
+    return instruction.strip().rstrip(".:").rstrip() + ": "
 
 
 def check_pooling(method: str) -> str:

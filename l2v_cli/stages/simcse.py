@@ -10,22 +10,27 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from l2v_cli.encoding import as_prefix
 from l2v_cli.stages.common import finish_stage, prepare_stage_dir, read_chain, write_config
 from l2v_cli.stages.contrastive import ContrastiveTrainer
 
 
 class TextCollator:
     """Texts -> one padded batch with a pool mask (the encoder's own tokenisation), plus each
-    text's id (equal texts, equal ids: in-batch duplicates are masked in the loss)."""
+    text's id (equal texts, equal ids: in-batch duplicates are masked in the loss). With a
+    `view_instruction`, a second batch of the same texts behind that instruction (view "b")."""
 
-    def __init__(self, encoder):
-        self.encoder = encoder
+    def __init__(self, encoder, view_instruction: str | None = None):
+        self.encoder, self.view_instruction = encoder, view_instruction
 
     def __call__(self, rows):
         from l2v_cli.training.losses import text_ids
 
-        texts = [r["text"] for r in rows]
-        return {**self.encoder.collate(self.encoder.tokenize(texts)), "text_ids": text_ids(texts)}
+        enc, texts = self.encoder, [r["text"] for r in rows]
+        batch = {**enc.collate(enc.tokenize(texts)), "text_ids": text_ids(texts)}
+        if self.view_instruction:
+            batch["b"] = enc.collate(enc.tokenize(texts, instruction=self.view_instruction))
+        return batch
 
 
 class SimcseTrainer(ContrastiveTrainer):
@@ -34,7 +39,9 @@ class SimcseTrainer(ContrastiveTrainer):
     mask_duplicates = True
 
     def views(self, inputs):
-        return [inputs, inputs]  # same texts twice: dropout makes the two views differ
+        # Same texts twice: dropout makes the two views differ; with a view instruction the
+        # second view also carries it (the bare embedding is pulled towards the instructed one).
+        return [inputs, inputs.get("b", inputs)]
 
     def loss_from(self, embs, inputs):
         from l2v_cli.training.losses import info_nce
@@ -78,7 +85,8 @@ def train_simcse(recipe, input_model: str | Path, out: str | Path, *, resume: bo
         ds = with_token_lengths(ds, tok, cfg.max_seq_length)
     args = build_training_args(cfg.train, out, bf16=dtype == torch.bfloat16, deepspeed=deepspeed,
                                seed=recipe.seed, group_by_length=cfg.group_by_length)
-    trainer = SimcseTrainer(model=model, args=args, train_dataset=ds, data_collator=TextCollator(encoder),
+    trainer = SimcseTrainer(model=model, args=args, train_dataset=ds,
+                            data_collator=TextCollator(encoder, as_prefix(cfg.view_instruction)),
                             stage_config=scfg,
                             callbacks=[JsonlMetrics(out), RichProgress(f"SimCSE {out.name}")])
     trainer.pooling, trainer.scale = cfg.pooling, cfg.scale

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from torch.utils.data import DataLoader
 
+from l2v_cli.encoding import as_prefix
 from l2v_cli.stages.common import finish_stage, prepare_stage_dir, read_chain, write_config
 from l2v_cli.stages.contrastive import ContrastiveTrainer
 
@@ -31,9 +32,10 @@ class TripletCollator:
         from l2v_cli.training.losses import text_ids
 
         enc = self.encoder
-        instr = rows[0]["instruction"]  # one data set (so one instruction) per batch
+        # One data set (so one instruction) per batch, spelled as evaluation spells it ("X: ").
+        instr = as_prefix(rows[0]["instruction"])
         return {
-            "q": enc.collate(enc.tokenize([r["query"] for r in rows], instruction=instr or None)),
+            "q": enc.collate(enc.tokenize([r["query"] for r in rows], instruction=instr)),
             "p": enc.collate(enc.tokenize([r["positive"] for r in rows])),
             "n": enc.collate(enc.tokenize([r["negative"] for r in rows])),
             "p_ids": text_ids([r["positive"] for r in rows]),
