@@ -114,13 +114,13 @@ def test_ablation_scores_every_step_of_the_chain_and_resumes_per_point(tmp_path)
     assert table["tasks"]["banking77"]["limit"] == 24 and table["tasks"]["stsb"]["limit"] == 16
     # Both protocols side by side for every task: the bare text (how users call the export) and
     # the task's instruction.
-    cols = ["stsb [no prompt]", "stsb [instruction]", "banking77 [no prompt]", "banking77 [instruction]"]
+    cols = ["stsb (no prompt)", "stsb (instruction)", "banking77 (no prompt)", "banking77 (instruction)"]
     assert table["columns"] == cols
     for r in table["rows"]:
         assert list(r["scores"]) == cols
         assert all(-100 <= v <= 100 for v in r["scores"].values())
     # Same weights, other attention: the causal and bidirectional rows differ.
-    assert table["rows"][0]["scores"]["stsb [no prompt]"] != table["rows"][1]["scores"]["stsb [no prompt]"]
+    assert table["rows"][0]["scores"]["stsb (no prompt)"] != table["rows"][1]["scores"]["stsb (no prompt)"]
     # The intermediate stages were exported as full models; the final row is eval.json.
     for stage in ("02_train-mntp", "03_train-simcse"):
         assert (out / "eval" / "models" / stage / "model.safetensors").exists()

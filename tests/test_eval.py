@@ -358,7 +358,7 @@ def test_compare_and_atomic_json(tmp_path):
     a = {"tasks": {"stsb": {"no_prompt": {"spearman": 40.0, "n": 5, "main_metric": "spearman"},
                             "instruction": {"spearman": 50.0, "n": 5, "main_metric": "spearman"}}}}
     b = {"tasks": {"stsb": {"no_prompt": {"spearman": 15.5, "n": 5, "main_metric": "spearman"}}}}
-    assert compare(a, b) == {"stsb [no prompt]": {"spearman": 24.5}}  # only what both have
+    assert compare(a, b) == {"stsb (no prompt)": {"spearman": 24.5}}  # only what both have
     out = write_json(tmp_path / "r.json", {"x": float("nan"), "y": np.float32(1.5)})
     assert json.loads(out.read_text()) == {"x": None, "y": 1.5}
     assert [p.name for p in tmp_path.iterdir()] == ["r.json"]
@@ -409,7 +409,7 @@ def test_cli_compare_writes_json_and_prints_both_models_with_delta(tiny_dir, cac
     assert a["settings"]["attention"] == "causal" and b["settings"]["attention"] == "bidirectional"
     for protocol, label in (("no_prompt", "no prompt"), ("instruction", "instruction")):
         delta = a["tasks"]["stsb"][protocol]["spearman"] - b["tasks"]["stsb"][protocol]["spearman"]
-        assert data["delta"][f"stsb [{label}]"]["spearman"] == pytest.approx(delta)
+        assert data["delta"][f"stsb ({label})"]["spearman"] == pytest.approx(delta)
     assert "(causal)" in p.stdout and "(bidirectional)" in p.stdout and "Δ (A − B)" in p.stdout
     assert str(out) in p.stdout.replace("\n", "")
 

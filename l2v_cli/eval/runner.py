@@ -114,7 +114,7 @@ def evaluate(model, tasks: str | Sequence[str | Task] | None = None, *, pooling:
 
 
 def columns(result: dict) -> dict[str, dict]:
-    """{'task [protocol]': one task result under one protocol} of an evaluate() result, in order."""
+    """{'task (protocol)': one task result under one protocol} of an evaluate() result, in order."""
     return {column(name, protocol): r for name, by_protocol in result["tasks"].items()
             for protocol, r in by_protocol.items()}
 
@@ -148,7 +148,7 @@ def _quiet_transformers() -> None:
 
 
 def main_scores(result: dict) -> dict[str, float]:
-    """{'task [protocol]': main metric value} of one evaluate() result."""
+    """{'task (protocol)': main metric value} of one evaluate() result."""
     return {col: r.get(r.get("main_metric", ""), float("nan")) for col, r in columns(result).items()}
 
 
@@ -159,7 +159,7 @@ def numeric_metrics(task_result: dict) -> dict[str, float]:
 
 
 def compare(a: dict, b: dict) -> dict[str, dict[str, float]]:
-    """Δ = a − b for every metric both results have, per 'task [protocol]' column."""
+    """Δ = a − b for every metric both results have, per 'task (protocol)' column."""
     out, cols_b = {}, columns(b)
     for name, ra in columns(a).items():
         rb = cols_b.get(name)

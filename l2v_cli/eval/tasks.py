@@ -102,8 +102,8 @@ def parse_protocols(spec: str | Sequence[str] | None) -> tuple[str, ...]:
 
 
 def column(task: str, protocol: str) -> str:
-    """The label of one (task, protocol) score in tables and flat score maps: 'stsb [no prompt]'."""
-    return f"{task} [{PROTOCOLS[protocol]}]"
+    """The label of one (task, protocol) score in tables and flat score maps: 'stsb (no prompt)'."""
+    return f"{task} ({PROTOCOLS[protocol]})"
 
 
 # --------------------------------------------------------------------------- data files

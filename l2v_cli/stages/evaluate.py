@@ -78,7 +78,7 @@ def run_eval_stage(recipe, stages, folder: Path, final: Path, model: str, echo=p
 
 
 def eval_table(tasks, protocols, rows: list[dict]) -> dict:
-    """An evaluation table: the tasks, their 'task [protocol]' columns (each task under every
+    """An evaluation table: the tasks, their 'task (protocol)' columns (each task under every
     protocol, side by side) and one row per model (`table_row`)."""
     from l2v_cli.eval.tasks import column
 
@@ -87,7 +87,7 @@ def eval_table(tasks, protocols, rows: list[dict]) -> dict:
 
 
 def table_row(label: str, spec: str, result: dict) -> dict:
-    """One row of an evaluation table: main metric per 'task [protocol]' and the eval time of one
+    """One row of an evaluation table: main metric per 'task (protocol)' and the eval time of one
     evaluate() result."""
     from l2v_cli.eval.runner import columns, main_scores
 
