@@ -13,7 +13,8 @@ from l2v_cli.stages.simcse import train_simcse
 
 LINES = [
     "In:",                                             # short: 2 tokens (tiny tokenizer: In, :)
-    "Out:",                                            # 3 tokens (O, ut, :) but one word: markup rule
+    "Out:",                                            # 3 tokens (O, ut, :) but one word
+    "Dmitry Bukhman",                                  # a short title: text, kept
     "<onlyinclude></onlyinclude>",                     # markup only
     "\\break",                                         # markup only (a TeX command)
     "== Early life and career ==",                     # a heading: its words count
@@ -34,10 +35,10 @@ def tok():
 
 def test_degenerate_lines_are_dropped_and_counted(tok):
     kept, stats = drop_degenerate(content_dataset({"text": LINES}), tok, min_tokens=3)
-    assert kept["text"] == [LINES[4], LINES[6], LINES[7]]
-    assert (stats.kept, stats.short, stats.markup) == (3, 1, 4)
-    assert stats.line("simcse.data") == ("simcse.data: kept 3 of 8 sentences; dropped 1 shorter than "
-                                         "the minimum and 4 markup-only")
+    assert kept["text"] == [LINES[2], LINES[5], LINES[7], LINES[8]]
+    assert (stats.kept, stats.short, stats.markup) == (4, 1, 4)
+    assert stats.line("simcse.data") == ("simcse.data: kept 4 of 9 sentences; dropped 1 shorter than "
+                                         "the minimum and 4 markup-only or one-word")
 
 
 def test_min_tokens_zero_keeps_everything(tok):
@@ -74,7 +75,7 @@ def test_control_without_masking_copies_are_negatives(tmp_path):
 def test_the_stage_logs_and_records_what_it_dropped(tmp_path, capsys):
     lines = LINES * 4
     out, _ = _simcse_on(tmp_path, lines)
-    assert "simcse.data: kept 12 of 32 sentences; dropped 4 shorter than the minimum and 16 markup-only" \
+    assert "simcse.data: kept 16 of 36 sentences; dropped 4 shorter than the minimum and 16 markup-only or one-word" \
         in capsys.readouterr().out
     rec = json.loads((out / "stage.json").read_text())
-    assert rec["sentences"] == 12 and rec["dropped"] == {"short": 4, "markup": 16}
+    assert rec["sentences"] == 16 and rec["dropped"] == {"short": 4, "markup": 16}

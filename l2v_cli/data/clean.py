@@ -6,8 +6,9 @@ shipped Wikipedia sample): with length grouping they meet in one batch, where id
 false negatives (a loss spike to 2.5 was seen). Rules, each counted separately:
 
   short    fewer than `min_tokens` tokens (the tokenizer's, no special tokens)
-  markup   fewer than `min_tokens` words of letters once markup is removed
-           (<tags>, {{templates}}, [[links]], \\commands, |table| cells, == headings ==)
+  markup   markup (<tags>, {{templates}}, [[links]], \\commands, |table| cells, == headings ==)
+           with fewer than `min_tokens` words of letters once it is removed, or a lone word
+           ("Out:", "Hocquart"); a short title such as "Dmitry Bukhman" is text, and kept
 
 Exact duplicates are kept: the contrastive loss masks a duplicate inside a batch instead
 (`l2v_cli.training.losses.info_nce`, `positive_ids`).
@@ -38,7 +39,7 @@ class CleanStats:
     def line(self, key: str) -> str:
         total = self.kept + self.dropped
         return (f"{key}: kept {self.kept:,} of {total:,} sentences; dropped {self.short:,} shorter "
-                f"than the minimum and {self.markup:,} markup-only")
+                f"than the minimum and {self.markup:,} markup-only or one-word")
 
 
 def words_without_markup(text: str) -> int:
@@ -49,7 +50,8 @@ def degenerate_reason(text: str, n_tokens: int, min_tokens: int) -> str | None:
     """'short', 'markup' or None (kept)."""
     if n_tokens < min_tokens:
         return "short"
-    if words_without_markup(text) < min_tokens:
+    words = words_without_markup(text)
+    if words < 2 or (words < min_tokens and _MARKUP.search(text)):
         return "markup"
     return None
 
