@@ -10,7 +10,7 @@ def test_forward_flops_per_token_match_torch_flop_counter(arch):
 
     from l2v_cli.encoding.encoder import backbone_of
     from l2v_cli.modeling.tiny import make_tiny_model
-    from l2v_cli.planner import arch_from_config
+    from l2v_cli.modeling.arch import arch_from_config
     from l2v_cli.utils.perf import forward_flops_per_token, lora_train_flops_per_token
 
     model, _ = make_tiny_model(arch, attn_implementation="eager")  # eager: attention as counted matmuls

@@ -19,7 +19,7 @@ import importlib.metadata
 import importlib.util
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib.resources import files
 from pathlib import Path
 from typing import Any, Optional
@@ -114,6 +114,7 @@ class ModelAlias:
     offline: Optional[OfflineSource] = None
     notes: str = ""
     tiny_arch: Optional[str] = None  # set for tiny-<arch> aliases (built locally, no hub)
+    config: Optional[dict] = field(default=None, hash=False)  # the config.json numbers the planner needs (configs/models.yaml)
 
     @property
     def is_tiny(self) -> bool:
@@ -135,7 +136,8 @@ class ModelAlias:
 
 _FIELDS = {"hub_id": (str, type(None)), "family": str, "params": (int, type(None)),
            "attn_implementation": str, "mntp_mask_token": str, "mntp_mask_probability": (float, int),
-           "licence": str, "offline": (dict, type(None)), "notes": (str, type(None))}
+           "licence": str, "offline": (dict, type(None)), "notes": (str, type(None)),
+           "config": (dict, type(None))}
 _REQUIRED = ("hub_id", "family", "params", "mntp_mask_token", "licence")
 _OFFLINE_FIELDS = {"pip", "package", "file", "assemble", "note"}
 
@@ -174,7 +176,8 @@ def _parse_alias(name: str, raw: Any, where: str) -> ModelAlias:
     return ModelAlias(name=name, hub_id=raw["hub_id"], family=raw["family"], params=raw["params"],
                       attn_implementation=raw.get("attn_implementation", "sdpa"),
                       mntp_mask_token=raw["mntp_mask_token"], mntp_mask_probability=prob,
-                      licence=raw["licence"], offline=offline, notes=raw.get("notes") or "")
+                      licence=raw["licence"], offline=offline, notes=raw.get("notes") or "",
+                      config=raw.get("config"))
 
 
 def _tiny_params(arch: str) -> int:
