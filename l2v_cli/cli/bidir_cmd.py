@@ -85,4 +85,6 @@ def _mark(ok):
 
 
 def register(app: typer.Typer) -> None:
-    app.command("enable-bidir")(enable_bidir_cmd)
+    from l2v_cli.stages import registry
+
+    app.command(registry.BIDIR.name)(enable_bidir_cmd)

@@ -15,11 +15,12 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Literal, NamedTuple, Optional, Union
 
 from l2v_cli.errors import L2VError, closest, did_you_mean
+from l2v_cli.stages import registry
 
-STAGES = ("enable-bidir", "train-mntp", "train-simcse", "train-supervised", "export", "eval")
-TRAIN_STAGES = ("train-mntp", "train-simcse", "train-supervised")
+STAGES = registry.NAMES
+TRAIN_STAGES = registry.TRAIN_NAMES
 
-Stage = Literal["enable-bidir", "train-mntp", "train-simcse", "train-supervised", "export", "eval"]
+Stage = Literal[registry.NAMES]  # type: ignore[valid-type]  (the names come from the registry)
 Pooling = Literal["mean", "weighted_mean", "last_token", "eos", "bos"]
 Scheduler = Literal["linear", "cosine", "constant", "constant_with_warmup"]
 DataFormat = Literal["auto", "txt", "jsonl", "csv", "parquet", "hub", "e5", "triplets"]
@@ -33,6 +34,11 @@ def opt(default: Any, help: str, **bounds: float) -> Any:
     if callable(default):
         return field(default_factory=default, metadata=meta)
     return field(default=default, metadata=meta)
+
+
+def _section_help(section: str, text: str) -> str:
+    """Help of a stage's section, led by the stage's name from the registry."""
+    return f"{registry.by_section(section).name}: {text}"
 
 
 # --------------------------------------------------------------------------- shared sections
@@ -209,12 +215,12 @@ class Recipe:
         "auto", "Compute dtype; auto = bfloat16 where the hardware supports it, else float32."
     )
     stages: list[Stage] = opt(list, "Stages to run, in this order: " + " < ".join(STAGES) + ".")
-    bidir: BidirConfig = opt(BidirConfig, "enable-bidir: switch attention to bidirectional.")
-    mntp: MntpConfig = opt(MntpConfig, "train-mntp: masked next-token prediction with LoRA.")
-    simcse: SimcseConfig = opt(SimcseConfig, "train-simcse: unsupervised SimCSE.")
-    supervised: SupervisedConfig = opt(SupervisedConfig, "train-supervised: contrastive.")
-    export: ExportConfig = opt(ExportConfig, "export: sentence-transformers folder.")
-    eval: EvalConfig = opt(EvalConfig, "eval: embedding benchmarks.")
+    bidir: BidirConfig = opt(BidirConfig, _section_help("bidir", "switch attention to bidirectional."))
+    mntp: MntpConfig = opt(MntpConfig, _section_help("mntp", "masked next-token prediction with LoRA."))
+    simcse: SimcseConfig = opt(SimcseConfig, _section_help("simcse", "unsupervised SimCSE."))
+    supervised: SupervisedConfig = opt(SupervisedConfig, _section_help("supervised", "contrastive."))
+    export: ExportConfig = opt(ExportConfig, _section_help("export", "sentence-transformers folder."))
+    eval: EvalConfig = opt(EvalConfig, _section_help("eval", "embedding benchmarks."))
     launcher: LauncherConfig = opt(LauncherConfig, "Multi-process / multi-node launch.")
 
 
@@ -392,14 +398,15 @@ def validate(recipe: Recipe, locate: Locate | None = None) -> Recipe:
             at,
             f"use the order [{', '.join(ordered)}]",
         )
-    if any(s in TRAIN_STAGES for s in stages) and stages[0] != "enable-bidir":
+    first = registry.BIDIR.name
+    if any(s in TRAIN_STAGES for s in stages) and stages[0] != first:
         raise L2VError(
-            "training stages need bidirectional attention first: 'enable-bidir' is missing",
+            f"training stages need bidirectional attention first: '{first}' is missing",
             at,
-            "put 'enable-bidir' first in stages",
+            f"put '{first}' first in stages",
         )
-    for stage in TRAIN_STAGES:
-        section = {"train-mntp": "mntp", "train-simcse": "simcse"}.get(stage, "supervised")
+    for spec in registry.TRAINING:
+        stage, section = spec.name, spec.section
         if stage in stages and not getattr(recipe, section).data.path:
             raise L2VError(
                 f"stage '{stage}' needs training data but {section}.data.path is empty",

@@ -32,10 +32,14 @@ from pathlib import Path
 from typing import Optional
 
 from l2v_cli.errors import L2VError, did_you_mean
+from l2v_cli.stages import registry
+from l2v_cli.utils.dtypes import NAMES as DTYPE_NAMES
+from l2v_cli.utils.dtypes import canonical
+
+STAGE = registry.of_module(__name__)
 
 ATTN_CHOICES = ("sdpa", "eager", "flash_attention_2", "auto")
-DTYPE_CHOICES = ("original", "float32", "bfloat16", "float16")
-_DTYPE_ALIASES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16", "auto": "original"}
+DTYPE_CHOICES = ("original", *DTYPE_NAMES)
 
 
 @dataclass
@@ -85,7 +89,7 @@ def source_dtype(folder: Path) -> str:
         name = cfg_part.get("dtype") or cfg_part.get("torch_dtype")
         if isinstance(name, str):
             name = name.replace("torch.", "")
-            if name in DTYPE_CHOICES[1:]:
+            if name in DTYPE_NAMES:
                 return name
     return "float32"
 
@@ -103,8 +107,7 @@ def enable_bidir(model_spec: str | Path, out: str | Path, *, attn_implementation
     """Write a bidirectional copy of `model_spec` to `out` (see the module doc); L2VError on failure."""
     out = Path(out).expanduser().absolute()
     _check_choice(attn_implementation, ATTN_CHOICES, "--attn-implementation")
-    dtype = _DTYPE_ALIASES.get(dtype, dtype)
-    _check_choice(dtype, DTYPE_CHOICES, "--dtype")
+    dtype = canonical("original" if dtype == "auto" else dtype, extra=("original",))
     # Cheap checks before the (possibly long) load; atomic_dir repeats them.
     from l2v_cli.utils.atomic import atomic_dir, check_writable_parent
 
@@ -127,7 +130,7 @@ def enable_bidir(model_spec: str | Path, out: str | Path, *, attn_implementation
     from l2v_cli import __version__
     from l2v_cli.modeling.bidir import architecture_name, probe_bidirectional
     from l2v_cli.modeling.loading import load_model
-    from l2v_cli.utils.device import DTYPES
+    from l2v_cli.utils.dtypes import to_torch
 
     save_dtype = source_dtype(resolved.path) if dtype == "original" else dtype
 
@@ -155,7 +158,7 @@ def enable_bidir(model_spec: str | Path, out: str | Path, *, attn_implementation
 
     source = resolved.describe()
     l2v_block = {
-        "version": __version__, "stage": "enable-bidir", "source": source,
+        "version": __version__, "stage": STAGE.name, "source": source,
         "attn_implementation": used_attn, "requested_attn_implementation": attn_implementation,
         "dtype": save_dtype, "verified": verify, "probe": _probe_dict(probe), "reload_probe": None,
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
@@ -165,8 +168,8 @@ def enable_bidir(model_spec: str | Path, out: str | Path, *, attn_implementation
     reload_probe = None
     with atomic_dir(out, overwrite=overwrite) as tmp:
         t = time.perf_counter()
-        if model.dtype != DTYPES[save_dtype]:
-            model.to(DTYPES[save_dtype])
+        if model.dtype != to_torch(save_dtype):
+            model.to(to_torch(save_dtype))
         model.config.is_causal = False
         model.save_pretrained(tmp, safe_serialization=True)
         tok.save_pretrained(tmp)
@@ -195,6 +198,13 @@ def enable_bidir(model_spec: str | Path, out: str | Path, *, attn_implementation
     return EnableBidirReport(out=out, source=source, architecture=arch, attn_implementation=used_attn,
                              dtype=save_dtype, params=params, verified=verify, probe=probe,
                              reload_probe=reload_probe, timings=timings)
+
+
+def run_enable_bidir(recipe, model_spec: str | Path, out: str | Path, ctx=None) -> EnableBidirReport:
+    """The enable-bidir stage of a run: `enable_bidir` with the recipe's `bidir` section. A folder
+    left by an interrupted run is replaced (the stage writes atomically: it is never half there)."""
+    return enable_bidir(model_spec, out, attn_implementation=recipe.bidir.attn_implementation,
+                        verify=recipe.bidir.verify, overwrite=True)
 
 
 def _base_model(model):
@@ -236,4 +246,4 @@ def _plain_reload_probe(folder: Path, device, trust_remote_code: bool):
         gc.collect()
 
 
-__all__ = ["EnableBidirReport", "enable_bidir", "source_dtype", "ATTN_CHOICES", "DTYPE_CHOICES"]
+__all__ = ["EnableBidirReport", "enable_bidir", "run_enable_bidir", "source_dtype", "ATTN_CHOICES", "DTYPE_CHOICES"]

@@ -8,9 +8,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from l2v_cli.stages.common import (Chain, finish_stage, prepare_stage_dir, read_chain, write_config,
-                                   write_ledger)
+from l2v_cli.stages import registry
+from l2v_cli.stages.common import (finish_stage, load_training_model, prepare_stage_dir, read_chain, stage_config,
+                                   write_config, write_ledger)
 from l2v_cli.training.spine import L2VTrainer
+
+STAGE = registry.of_module(__name__)
 
 
 class RowSeededMasking:
@@ -54,30 +57,8 @@ class MntpTrainer(L2VTrainer):
         return (loss, out) if return_outputs else loss
 
 
-def load_training_model(recipe, chain: Chain, lm_head: bool):
-    """Load the chain's base, make it bidirectional (verified), merge earlier adapters."""
-    from l2v_cli.modeling.loading import load_model
-    from l2v_cli.training.lora import merge_adapters
-    from l2v_cli.utils.device import resolve_dtype
-
-    dtype = resolve_dtype(recipe.dtype)
-    # Frozen base weights in the compute dtype (bf16 halves memory); LoRA weights stay fp32 (peft).
-    loaded = load_model(chain.base_model, dtype=str(dtype).replace("torch.", ""),
-                        attn_implementation=recipe.bidir.attn_implementation, bidirectional=True,
-                        verify=recipe.bidir.verify, lm_head=lm_head)
-    model = merge_adapters(loaded.model, chain.adapters)
-    return model, loaded, dtype
-
-
-def stage_config(recipe, section: str) -> dict:
-    from l2v_cli.config import recipe_to_dict
-
-    d = recipe_to_dict(recipe)
-    return {"section": section, **d[section], "bidir": d["bidir"], "dtype": d["dtype"], "seed": d["seed"]}
-
-
 def train_mntp(recipe, input_model: str | Path, out: str | Path, *, resume: bool = True,
-               force: bool = False, deepspeed: str | None = None) -> Path:
+               force: bool = False, deepspeed: str | None = None, provenance: dict | None = None) -> Path:
     """Run MNTP on `input_model` (a MODEL or an enable-bidir folder); write the stage to `out`."""
     import torch
 
@@ -88,7 +69,7 @@ def train_mntp(recipe, input_model: str | Path, out: str | Path, *, resume: bool
     from l2v_cli.training.spine import JsonlMetrics, RichProgress, build_training_args
 
     cfg, out = recipe.mntp, Path(out)
-    scfg = stage_config(recipe, "mntp")
+    scfg = stage_config(recipe, STAGE.section)
     last = prepare_stage_dir(out, scfg, resume, force)
     write_config(out, recipe, input_model)
     chain = read_chain(input_model)
@@ -114,6 +95,6 @@ def train_mntp(recipe, input_model: str | Path, out: str | Path, *, resume: bool
     trainer.softcap = logit_softcap(model.config)
     trainer.train(resume_from_checkpoint=str(last) if last else None)
     write_ledger(out, trainer.ledger)
-    finish_stage(out, trainer, tok, "train-mntp", chain,
+    finish_stage(out, trainer, tok, STAGE.name, chain,
                  {"steps": trainer.state.global_step, "mask_token_id": mask_id})
     return out

@@ -28,8 +28,8 @@ def _tokens_per_s(stage_dir: Path) -> float | None:
 
 def stage_rows(stages, recipe, model: str, peak_gflops: float | None) -> list[dict]:
     """One row per stage from its DONE.json / metrics.jsonl (stages skipped this run included)."""
-    from l2v_cli.planner import resolve_arch
-    from l2v_cli.stages.convert import SECTION
+    from l2v_cli.modeling.arch import resolve_arch
+    from l2v_cli.stages import registry
     from l2v_cli.utils.perf import lora_train_flops_per_token
 
     try:
@@ -41,8 +41,9 @@ def stage_rows(stages, recipe, model: str, peak_gflops: float | None) -> list[di
         done = st.folder / "DONE.json"
         rec = json.loads(done.read_text()) if done.exists() else {}
         row = {"stage": st.folder.name, "seconds": rec.get("seconds"), "peak_rss_mb": rec.get("peak_rss_mb")}
-        if st.name.startswith("train-"):
-            section = getattr(recipe, SECTION[st.name])
+        spec = registry.get(st.name)
+        if spec.trains:
+            section = getattr(recipe, spec.section)
             tps = _tokens_per_s(st.folder)
             row["tokens_per_s"] = tps
             if tps and arch is not None:

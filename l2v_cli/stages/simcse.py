@@ -10,8 +10,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from l2v_cli.stages.common import finish_stage, prepare_stage_dir, read_chain, write_config
+from l2v_cli.stages import registry
+from l2v_cli.stages.common import (finish_stage, load_training_model, prepare_stage_dir, read_chain,
+                                   stage_config, write_config)
 from l2v_cli.stages.contrastive import ContrastiveTrainer
+
+STAGE = registry.of_module(__name__)
 
 
 class TextCollator:
@@ -44,17 +48,16 @@ def with_token_lengths(ds, tok, max_len: int):
 
 
 def train_simcse(recipe, input_model: str | Path, out: str | Path, *, resume: bool = True,
-                 force: bool = False, deepspeed: str | None = None) -> Path:
+                 force: bool = False, deepspeed: str | None = None, provenance: dict | None = None) -> Path:
     import torch
 
     from l2v_cli.data.text import load_texts
     from l2v_cli.encoding.encoder import Encoder
-    from l2v_cli.stages.mntp import load_training_model, stage_config
     from l2v_cli.training.lora import add_lora, set_attention_dropout
     from l2v_cli.training.spine import JsonlMetrics, RichProgress, build_training_args
 
     cfg, out = recipe.simcse, Path(out)
-    scfg = stage_config(recipe, "simcse")
+    scfg = stage_config(recipe, STAGE.section)
     last = prepare_stage_dir(out, scfg, resume, force)
     write_config(out, recipe, input_model)
     chain = read_chain(input_model)
@@ -75,5 +78,5 @@ def train_simcse(recipe, input_model: str | Path, out: str | Path, *, resume: bo
     trainer.pooling, trainer.scale = cfg.pooling, cfg.scale
     trainer.gather, trainer.grad_cache_chunk_size = cfg.gather_across_processes, cfg.grad_cache_chunk_size
     trainer.train(resume_from_checkpoint=str(last) if last else None)
-    finish_stage(out, trainer, tok, "train-simcse", chain, {"steps": trainer.state.global_step})
+    finish_stage(out, trainer, tok, STAGE.name, chain, {"steps": trainer.state.global_step})
     return out
