@@ -25,14 +25,18 @@ def _make(stage: registry.Stage):
                                           "family-dependent value came from) and exit."),
         launch: dict = None,
     ) -> None:
-        from l2v_cli.config import dump_recipe_yaml, load_recipe
+        from l2v_cli.config import load_recipe_with_origin, resolve_for_model
         from l2v_cli.stages.worker import run_stage_command
 
-        r = load_recipe(recipe, overrides or [])
+        r, origin = load_recipe_with_origin(recipe, overrides or [])
+        resolved = resolve_for_model(r, input_model, origin)
         if print_config:
-            typer.echo(dump_recipe_yaml(r), nl=False)
+            typer.echo(resolved.annotated_yaml(), nl=False)
             return
-        done = run_stage_command(stage.name, input_model, out, r, resume=resume, force=force, **launch)
+        for n in resolved.notes:
+            typer.echo(f"l2v: note: {n}", err=True)
+        done = run_stage_command(stage.name, input_model, out, resolved.recipe, resume=resume, force=force,
+                                 provenance=resolved.provenance(), **launch)
         typer.echo(f"{stage.name} complete: {done}", err=True)
 
     command.__doc__ = stage.help

@@ -94,8 +94,9 @@ class DataConfig:
 
 @dataclass
 class BidirConfig:
-    attn_implementation: Literal["sdpa", "eager", "flash_attention_2", "auto"] = opt(
-        "sdpa", "Attention kernel used with the bidirectional (non-causal) mask."
+    attn_implementation: Literal["auto", "sdpa", "eager", "flash_attention_2"] = opt(
+        "auto", "Attention kernel used with the bidirectional (non-causal) mask; auto = the model family's "
+        "(configs/families.yaml), eager if that one fails the bidirectionality probe."
     )
     verify: bool = opt(True, "Run the bidirectionality probe after patching (fails loudly).")
 
@@ -106,12 +107,16 @@ class MntpConfig:
     max_seq_length: int = opt(512, "Tokens per training sequence.", gt=0)
     mask_token: str = opt(
         "auto",
-        "auto = family default from the model alias; '_' or 'eos' reuse a token; 'mask' adds a "
-        "new mask token; anything else is used as a literal token string.",
+        "auto = the model family's token if it is one token, else the tokenizer's own mask token, '_', a "
+        "reserved/unused special token, EOS, a new <mask> (in that order); '_' or 'eos' reuse a token; "
+        "'mask' adds a new mask token; anything else is used as a literal token string.",
     )
-    mask_probability: float = opt(0.2, "Fraction of tokens masked.", gt=0, lt=1)
-    mask_strategy: Literal["80-10-10", "all"] = opt(
-        "80-10-10", "80-10-10 = BERT-style mask/random/keep; all = always the mask token."
+    mask_probability: Union[float, Literal["auto"]] = opt(
+        "auto", "Fraction of tokens masked; auto = the model family's (0.2; Mistral 0.8, as in the paper).",
+        gt=0, lt=1)
+    mask_strategy: Literal["auto", "80-10-10", "all"] = opt(
+        "auto", "80-10-10 = BERT-style mask/random/keep; all = always the mask token; auto = the model "
+        "family's (80-10-10; Mistral all, as in the paper)."
     )
     lora: LoraConfig = opt(LoraConfig, "LoRA adapter trained in this stage.")
     train: TrainConfig = opt(

@@ -174,7 +174,9 @@ def _max_batch(arch: Arch, shape: Shape, grad_accum: int, setup: Setup) -> Optio
     return lo
 
 
-def shape_from_recipe(recipe, stage: str, setup: Setup) -> tuple[Shape, int]:
+def shape_from_recipe(recipe, stage: str, setup: Setup, attn_implementation: str = "sdpa") -> tuple[Shape, int]:
+    """The planner's shape of a stage of a resolved recipe (family values filled in); `attn_implementation`
+    is the kernel `auto` starts with."""
     sec = getattr(recipe, registry.get(stage).section)
     tr = sec.train
     return Shape(
@@ -185,7 +187,8 @@ def shape_from_recipe(recipe, stage: str, setup: Setup) -> tuple[Shape, int]:
         mask_probability=getattr(sec, "mask_probability", 0.2),
         grad_cache_chunk=getattr(sec, "grad_cache_chunk_size", 0),
         world=setup.world, gather=getattr(sec, "gather_across_processes", True),
-        attn_implementation=recipe.bidir.attn_implementation,
+        attn_implementation=(attn_implementation if recipe.bidir.attn_implementation == "auto"
+                             else recipe.bidir.attn_implementation),
     ), tr.gradient_accumulation_steps
 
 
@@ -267,8 +270,13 @@ def parse_deepspeed(spec: Optional[str]) -> int:
 def make_plan(model: str, recipe, *, gpus: Optional[int] = None, nodes: Optional[int] = None,
               deepspeed: Optional[str] = None, gpu_memory: Optional[str | int] = None,
               stages: Optional[list[str]] = None, device: str = "cuda") -> Plan:
-    """The plan of every training stage of `recipe` (or of `stages`) for `model`."""
+    """The plan of every training stage of `recipe` (or of `stages`) for `model` (the recipe's `auto`
+    values take the model family's, as in training)."""
+    from l2v_cli.config.resolve import resolve_for_model
+
     arch, alias = resolve_arch(model)
+    resolved = resolve_for_model(recipe, model)
+    recipe = resolved.recipe
     lc = recipe.launcher
     ds = deepspeed if deepspeed is not None else lc.deepspeed
     dtype = recipe.dtype
@@ -294,6 +302,6 @@ def make_plan(model: str, recipe, *, gpus: Optional[int] = None, nodes: Optional
             raise L2VError(f"unknown training stage {st!r}", where="--stage", fix=did_you_mean(st, train))
     plans = []
     for st in chosen:
-        shape, ga = shape_from_recipe(recipe, st, setup)
+        shape, ga = shape_from_recipe(recipe, st, setup, resolved.family.family.attn_implementation)
         plans.append(plan_stage(arch, shape, ga, setup))
     return Plan(model=model, arch=arch, recipe=recipe.name, setup=setup, stages=plans, alias=alias)

@@ -131,6 +131,28 @@ def write_config(out: Path, recipe, input_model=None) -> None:
             (out / "input.json").write_text(json.dumps({"input": str(p.resolve()) if p.exists() else str(input_model)}))
 
 
+def note(msg: str) -> None:
+    """One line on stderr from the main process (every rank would repeat it)."""
+    if is_main_process():
+        import sys
+
+        print(f"l2v: {msg}", file=sys.stderr, flush=True)
+
+
+def resolve_stage_recipe(recipe, input_model, provenance: dict | None):
+    """The recipe with the model family's values for its `auto` settings, and the record of where
+    each came from. `provenance` is what the caller resolved (convert, the CLI: it knows recipe
+    lines and overrides); without it the stage resolves and says so itself."""
+    from l2v_cli.config.resolve import resolve_for_model
+
+    resolved = resolve_for_model(recipe, input_model)
+    if provenance is None:
+        provenance = resolved.provenance()
+        for n in resolved.notes:
+            note(f"note: {n}")
+    return resolved, provenance
+
+
 def has_tokenizer(p: Path) -> bool:
     return (Path(p) / "tokenizer_config.json").exists() or (Path(p) / "tokenizer.json").exists()
 

@@ -88,20 +88,30 @@ def plan(recipe, model: str, out: Path) -> list[PlannedStage]:
     return stages
 
 
-def mark_done(st: PlannedStage, seconds: float | None = None) -> None:
+def mark_done(st: PlannedStage, seconds: float | None = None, resolved: dict | None = None) -> None:
     tmp = st.folder / (DONE + ".tmp")
     tmp.write_text(json.dumps({"stage": st.name, "hash": st.hash, "config_hash": st.config_hash,
                                "input_hash": st.input_hash, "seconds": seconds and round(seconds, 1),
-                               "peak_rss_mb": peak_rss_mb()}, indent=1))
+                               "peak_rss_mb": peak_rss_mb(), "resolved": resolved}, indent=1))
     os.replace(tmp, st.folder / DONE)
 
 
 def convert(model: str, recipe, out: str | Path, *, force: bool = False, launch: dict | None = None,
-            dry_run: bool = False, echo=print) -> Path:
-    """Run (or plan) the whole chain. `launch` holds the launcher options of `run_stage_command`."""
+            dry_run: bool = False, echo=print, origin=None) -> Path:
+    """Run (or plan) the whole chain. `launch` holds the launcher options of `run_stage_command`;
+    `origin` (from `load_recipe_with_origin`) lets the record name the recipe line or override
+    behind each family-dependent value. `auto` values get the model family's (config/resolve.py)."""
+    from l2v_cli.config.resolve import resolve_for_model
+
     out = Path(out).absolute()
+    resolved = resolve_for_model(recipe, model, origin)
+    recipe, provenance = resolved.recipe, resolved.provenance()
     stages = plan(recipe, model, out)
     changed = [s for s in stages if s.status == "changed" and (s.folder / DONE).exists()]
+    if dry_run:
+        echo(resolved.table(model))
+    for n in [] if dry_run else resolved.notes:
+        echo(f"l2v: note: {n}")
     echo(render_plan(stages))
     if dry_run:
         for st in stages:
@@ -122,8 +132,8 @@ def convert(model: str, recipe, out: str | Path, *, force: bool = False, launch:
         if st.status == "changed" and st.folder.exists():
             shutil.rmtree(st.folder)
         t0 = time.perf_counter()
-        run_one(st, recipe, launch or {}, stages=stages, model=model, echo=echo)
-        mark_done(st, time.perf_counter() - t0)
+        run_one(st, recipe, launch or {}, stages=stages, model=model, echo=echo, provenance=provenance)
+        mark_done(st, time.perf_counter() - t0, provenance)
     summarize(recipe, stages, model, peak)
     return out / registry.EXPORT.folder
 
@@ -179,7 +189,8 @@ def preflight(recipe, out: Path, stages: list[str], launch: dict) -> None:
         eval_tasks(recipe.eval)  # unknown task names / limits fail now, not after training
 
 
-def run_one(st: PlannedStage, recipe, launch: dict, *, stages=(), model: str = "", echo=print) -> None:
+def run_one(st: PlannedStage, recipe, launch: dict, *, stages=(), model: str = "", echo=print,
+            provenance: dict | None = None) -> None:
     """Run one planned stage: training stages through the worker (maybe under a launcher), the
     others in this process."""
     from l2v_cli.stages.common import STAGE_FILE
@@ -188,7 +199,7 @@ def run_one(st: PlannedStage, recipe, launch: dict, *, stages=(), model: str = "
     if spec.trains:
         if (st.folder / STAGE_FILE).exists():  # finished, but killed before DONE was written
             return
-        run_stage_command(st.name, st.input, st.folder, recipe, resume=True, **launch)
+        run_stage_command(st.name, st.input, st.folder, recipe, resume=True, provenance=provenance, **launch)
         return
     spec.function()(recipe, st.input, st.folder, registry.RunContext(model=model, stages=tuple(stages), echo=echo))
 

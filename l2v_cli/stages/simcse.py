@@ -12,7 +12,7 @@ from pathlib import Path
 
 from l2v_cli.stages import registry
 from l2v_cli.stages.common import (finish_stage, load_training_model, prepare_stage_dir, read_chain,
-                                   stage_config, write_config)
+                                   resolve_stage_recipe, stage_config, write_config)
 from l2v_cli.stages.contrastive import ContrastiveTrainer
 
 STAGE = registry.of_module(__name__)
@@ -56,6 +56,8 @@ def train_simcse(recipe, input_model: str | Path, out: str | Path, *, resume: bo
     from l2v_cli.training.lora import add_lora, set_attention_dropout
     from l2v_cli.training.spine import JsonlMetrics, RichProgress, build_training_args
 
+    resolved, provenance = resolve_stage_recipe(recipe, input_model, provenance)
+    recipe = resolved.recipe
     cfg, out = recipe.simcse, Path(out)
     scfg = stage_config(recipe, STAGE.section)
     last = prepare_stage_dir(out, scfg, resume, force)
@@ -74,9 +76,10 @@ def train_simcse(recipe, input_model: str | Path, out: str | Path, *, resume: bo
                                seed=recipe.seed, group_by_length=cfg.group_by_length)
     trainer = SimcseTrainer(model=model, args=args, train_dataset=ds, data_collator=TextCollator(encoder),
                             stage_config=scfg,
-                            callbacks=[JsonlMetrics(out), RichProgress(f"SimCSE {out.name}")])
+                            callbacks=[JsonlMetrics(out), RichProgress(f"{STAGE.title} {out.name}")])
     trainer.pooling, trainer.scale = cfg.pooling, cfg.scale
     trainer.gather, trainer.grad_cache_chunk_size = cfg.gather_across_processes, cfg.grad_cache_chunk_size
     trainer.train(resume_from_checkpoint=str(last) if last else None)
-    finish_stage(out, trainer, tok, STAGE.name, chain, {"steps": trainer.state.global_step})
+    finish_stage(out, trainer, tok, STAGE.name, chain, {"steps": trainer.state.global_step,
+                                                                "resolved": provenance})
     return out

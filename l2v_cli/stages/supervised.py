@@ -14,7 +14,7 @@ from torch.utils.data import DataLoader
 
 from l2v_cli.stages import registry
 from l2v_cli.stages.common import (finish_stage, load_training_model, prepare_stage_dir, read_chain,
-                                   stage_config, world_size, write_config)
+                                   resolve_stage_recipe, stage_config, world_size, write_config)
 from l2v_cli.stages.contrastive import ContrastiveTrainer
 
 STAGE = registry.of_module(__name__)
@@ -78,6 +78,8 @@ def train_supervised(recipe, input_model: str | Path, out: str | Path, *, resume
     from l2v_cli.training.lora import add_lora
     from l2v_cli.training.spine import JsonlMetrics, RichProgress, build_training_args
 
+    resolved, provenance = resolve_stage_recipe(recipe, input_model, provenance)
+    recipe = resolved.recipe
     cfg, out = recipe.supervised, Path(out)
     scfg = stage_config(recipe, STAGE.section)
     last = prepare_stage_dir(out, scfg, resume, force)
@@ -94,7 +96,7 @@ def train_supervised(recipe, input_model: str | Path, out: str | Path, *, resume
     trainer = SupervisedTrainer(model=model, args=args, train_dataset=ds,
                                 data_collator=TripletCollator(encoder),
                                 stage_config=scfg,
-                                callbacks=[JsonlMetrics(out), RichProgress(f"supervised {out.name}")])
+                                callbacks=[JsonlMetrics(out), RichProgress(f"{STAGE.title} {out.name}")])
     sizes = ds.sizes
     if cfg.one_dataset_per_batch:
         trainer.batch_sampler = OneDatasetBatchSampler(sizes, cfg.train.per_device_batch_size, seed=recipe.seed,
@@ -109,5 +111,5 @@ def train_supervised(recipe, input_model: str | Path, out: str | Path, *, resume
     trainer.train(resume_from_checkpoint=str(last) if last else None)
     finish_stage(out, trainer, loaded.tokenizer, STAGE.name, chain,
                  {"steps": trainer.state.global_step,
-                  "instructions": {s.name: s.instruction for s in sets}})
+                  "instructions": {s.name: s.instruction for s in sets}, "resolved": provenance})
     return out
