@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import yaml
 
 from l2v_cli.config import load_recipe
 from l2v_cli.errors import L2VError
@@ -183,3 +184,30 @@ def test_every_choice_on_every_architecture(tmp_path_factory):
     print("\nmask token x architecture: min cos(sentence-transformers, l2v encode)")
     for (choice, arch), cos in sorted(table.items(), key=lambda kv: (kv[0][1], kv[0][0])):
         print(f"  {arch:<14} {choice:<5} {cos:.6f}")
+
+
+def test_family_masking_reached_training(diagonal):
+    """The chains trained with their family's MNTP settings: Mistral all-mask 0.8 (the paper's),
+    Llama 80-10-10 0.2 — in the config the stage ran with and in its record, with the source."""
+    def stage(case):
+        d = diagonal["exports"][case].parent / "mntp"
+        return yaml.safe_load((d / "config.yaml").read_text())["mntp"], json.loads((d / "stage.json").read_text())
+
+    cfg, rec = stage(("_", "mistral"))
+    assert (cfg["mask_probability"], cfg["mask_strategy"]) == (0.8, "all")
+    assert rec["resolved"]["values"]["mntp.mask_probability"] == {"value": 0.8, "source": "family default (paper)"}
+    assert rec["resolved"]["family"] == "mistral"
+    cfg, rec = stage(("auto", "llama"))  # control: the Llama family's
+    assert (cfg["mask_probability"], cfg["mask_strategy"]) == (0.2, "80-10-10")
+
+
+def test_control_without_the_resize_the_next_stage_dies(diagonal, monkeypatch, tmp_path):
+    """What the chain test guards against: merging the grown MNTP adapter into a model of the old
+    size fails with a size mismatch (the single merge path grows the model first)."""
+    import l2v_cli.training.lora as lora
+    from l2v_cli.stages.simcse import train_simcse
+
+    monkeypatch.setattr(lora, "saved_vocab_size", lambda model, path: None)
+    mntp = diagonal["exports"][("mask", "gemma3_text")].parent / "mntp"
+    with pytest.raises(L2VError, match="adapter 1/1 of the chain .* does not fit the base model"):
+        train_simcse(load_recipe("smoke", TINY), mntp, tmp_path / "simcse")
