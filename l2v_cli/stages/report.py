@@ -58,8 +58,8 @@ def stage_rows(stages, recipe, model: str, peak_gflops: float | None) -> list[di
 def render(rows: list[dict], peak_gflops: float | None, dtype: str, console) -> None:
     from rich.table import Table
 
-    cap = (f"matmul peak measured in this run: {peak_gflops:.0f} GFLOP/s ({dtype}); GFLOP/s = tokens/s × "
-           "2 × forward FLOPs per token (LoRA on a frozen base)") if peak_gflops else None
+    cap = (f"matmul peak measured in this run: {peak_gflops:.0f} GFLOP/s ({dtype}); GFLOP/s = tokens/s × training "
+           "FLOPs per token (forward + backward to the activations: LoRA on a frozen base)") if peak_gflops else None
     t = Table(title="Stages", title_justify="left", header_style="bold", caption=cap, caption_justify="left")
     # RSS is the process's peak so far (in-process stages share one process), read after each stage.
     for c in ("stage", "wall s", "tokens/s", "GFLOP/s", "of peak", "peak RSS MB so far"):
