@@ -11,6 +11,7 @@ tokenisation cache is keyed on what the text *is*, not on where or when it was r
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import hashlib
 import io
@@ -23,6 +24,7 @@ import datasets
 from datasets.table import InMemoryTable
 
 from l2v_cli.config.schema import DataConfig
+from l2v_cli.data.jsonl import iter_jsonl
 from l2v_cli.errors import L2VError
 from l2v_cli.utils.paths import resolve_data_path, shipped_data_dir
 
@@ -56,17 +58,7 @@ def iter_records(path: Path, fmt: str, columns: list[str] | None = None) -> Iter
     """(where, row) for each row of a jsonl/csv/parquet file; `where` is "file:line" (or row).
     `columns` limits what parquet reads (a column store need not load the rest)."""
     if fmt == "jsonl":
-        for n, line in enumerate(_lines(path), 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise L2VError(f"line {n} of {path.name} is not valid JSON ({e.msg})", f"{path}:{n}",
-                               "write one JSON object per line (jsonl)") from None
-            if not isinstance(row, dict):
-                raise L2VError(f"line {n} of {path.name} is a JSON {type(row).__name__}, not an object",
-                               f"{path}:{n}", 'write one object per line, e.g. {"text": "..."}')
+        for n, row in iter_jsonl(_lines(path), path, 'write one JSON object per line, e.g. {"text": "..."}'):
             yield f"{path}:{n}", row
     elif fmt == "csv":
         csv.field_size_limit(sys.maxsize)  # paragraphs can exceed the 128 KiB default
@@ -280,6 +272,19 @@ def default_cache_dir() -> Path:
     return cache_root() / "tokenized"
 
 
+@contextlib.contextmanager
+def quiet_datasets():
+    """No progress bars from datasets' own `map` ("Tokenizing: 0%|...") while l2v shows its own
+    progress; the setting the caller had is restored afterwards."""
+    was = datasets.is_progress_bar_enabled()
+    datasets.disable_progress_bars()
+    try:
+        yield
+    finally:
+        if was:
+            datasets.enable_progress_bars()
+
+
 TOKEN_FEATURES = datasets.Features({"input_ids": datasets.List(datasets.Value("int32"))})  # 1/2 of int64
 
 
@@ -300,9 +305,10 @@ def tokenize_texts(ds: datasets.Dataset, tokenizer, max_length: int | None,
                         verbose=False)  # verbose=False: no "longer than model_max_length" warning
         return {"input_ids": enc["input_ids"]}
 
-    return ds.map(tokenize, batched=True, remove_columns=ds.column_names, features=TOKEN_FEATURES,
-                  cache_file_name=str(cache_dir / f"tokens-{key}.arrow"), load_from_cache_file=True,
-                  new_fingerprint=key, num_proc=num_proc, desc="Tokenizing")
+    with quiet_datasets():
+        return ds.map(tokenize, batched=True, remove_columns=ds.column_names, features=TOKEN_FEATURES,
+                      cache_file_name=str(cache_dir / f"tokens-{key}.arrow"), load_from_cache_file=True,
+                      new_fingerprint=key, num_proc=num_proc)
 
 
 def group_texts(ds: datasets.Dataset, block_size: int, eos_id: int | None) -> datasets.Dataset:
@@ -322,8 +328,9 @@ def group_texts(ds: datasets.Dataset, block_size: int, eos_id: int | None) -> da
     key = _hash(ds._fingerprint, "group", block_size, eos_id)
     cached = ds.cache_files  # next to the tokenised file when there is one; else in memory
     name = str(Path(cached[0]["filename"]).with_name(f"blocks-{key}.arrow")) if cached else None
-    out = ds.map(group, batched=True, batch_size=1000, remove_columns=ds.column_names,
-                 features=TOKEN_FEATURES, cache_file_name=name, new_fingerprint=key, desc="Grouping")
+    with quiet_datasets():
+        out = ds.map(group, batched=True, batch_size=1000, remove_columns=ds.column_names,
+                     features=TOKEN_FEATURES, cache_file_name=name, new_fingerprint=key)
     if len(out) == 0:
         raise L2VError(f"the data is shorter than one block of {block_size} tokens",
                        f"block_size {block_size}", "use more data or a smaller max_seq_length")
