@@ -40,7 +40,7 @@ def render(plan, console) -> None:
     a, s = plan.arch, plan.setup
     ds = {0: "no DeepSpeed" + (" (DDP)" if s.world > 1 else ""), 2: "DeepSpeed ZeRO-2", 3: "DeepSpeed ZeRO-3"}[s.zero]
     console.print(Text.assemble(
-        (f"{plan.model}", "bold cyan"), f" ({a.name}: h {a.hidden}, {a.layers} layers, {a.heads} heads / "
+        (f"{plan.model}", "bold cyan"), f" ({a.model_type}: h {a.hidden}, {a.layers} layers, {a.heads} heads / "
         f"{a.kv_heads} kv, head_dim {a.head_dim}, ffn {a.ffn}, vocab {a.vocab}, "
         f"{'tied' if a.tied else 'untied'} embeddings; from {a.source})"))
     console.print(Text(f"recipe {plan.recipe} · {s.world} {'GPU' if s.device == 'cuda' else 'process'}"
