@@ -83,11 +83,13 @@ def test_format_overrides_the_suffix(tmp_path):
         texts(f)
 
 
-def test_same_content_same_fingerprint(tmp_path):
+def test_same_content_same_cache_key(tmp_path):
+    from l2v_cli.data.text import content_key
+
     a = write(tmp_path / "a.txt", "x\ny\n")
     b = write(tmp_path / "b.jsonl", '{"text": "x"}\n{"text": "y"}\n')
     c = write(tmp_path / "c.txt", "x\nz\n")
-    fp = [load_texts(DataConfig(path=str(p)))._fingerprint for p in (a, b, c)]
+    fp = [content_key(load_texts(DataConfig(path=str(p)))) for p in (a, b, c)]
     assert fp[0] == fp[1] != fp[2]
 
 

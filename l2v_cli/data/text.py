@@ -211,6 +211,21 @@ def _read_hub(name: str, split: str, column: str, key: str) -> list[str]:
 # --------------------------------------------------------------------------- load_texts
 
 
+def content_key(ds: datasets.Dataset) -> str:
+    """A hash of what a Dataset holds — its length, column names and Arrow buffers, read through the
+    public `Dataset.data` table — for cache keys: equal content built the same way gives the same
+    key in every run."""
+    h = hashlib.sha256(str(len(ds)).encode())
+    table = ds.data.table
+    for name in table.column_names:
+        h.update(f"\x00{name}\x00".encode())
+        for chunk in table.column(name).chunks:
+            for buf in chunk.buffers():
+                if buf is not None:
+                    h.update(memoryview(buf))
+    return h.hexdigest()[:32]
+
+
 def content_dataset(columns: dict[str, list]) -> datasets.Dataset:
     """An in-memory Dataset whose fingerprint is a hash of its content (stable across runs)."""
     h = hashlib.sha256()
@@ -296,7 +311,7 @@ def tokenize_texts(ds: datasets.Dataset, tokenizer, max_length: int | None,
     The result is written to `cache_dir/tokens-<key>.arrow`, key = (tokenizer, max_length, data
     fingerprint), and a second call with the same key loads it without tokenising. In distributed
     runs call it on the main process first (the others then hit the cache)."""
-    key = _hash(tokenizer_fingerprint(tokenizer), max_length, ds._fingerprint)
+    key = _hash(tokenizer_fingerprint(tokenizer), max_length, content_key(ds))
     cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
     cache_dir.mkdir(parents=True, exist_ok=True)
 
@@ -325,7 +340,7 @@ def group_texts(ds: datasets.Dataset, block_size: int, eos_id: int | None) -> da
         n = len(flat) // block_size * block_size
         return {"input_ids": [flat[i:i + block_size] for i in range(0, n, block_size)]}
 
-    key = _hash(ds._fingerprint, "group", block_size, eos_id)
+    key = _hash(content_key(ds), "group", block_size, eos_id)
     cached = ds.cache_files  # next to the tokenised file when there is one; else in memory
     name = str(Path(cached[0]["filename"]).with_name(f"blocks-{key}.arrow")) if cached else None
     with quiet_datasets():
