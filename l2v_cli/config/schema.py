@@ -16,6 +16,7 @@ from typing import Any, Callable, Literal, NamedTuple, Optional, Union
 
 from l2v_cli.errors import L2VError, closest, did_you_mean
 from l2v_cli.stages import registry
+from l2v_cli.utils.dtypes import NAMES as DTYPE_NAMES
 
 STAGES = registry.NAMES
 TRAIN_STAGES = registry.TRAIN_NAMES
@@ -174,7 +175,7 @@ class SupervisedConfig:
 
 @dataclass
 class ExportConfig:
-    dtype: Literal["bfloat16", "float16", "float32"] = opt("bfloat16", "Weight dtype on disk.")
+    dtype: Literal[DTYPE_NAMES] = opt("bfloat16", "Weight dtype on disk.")  # type: ignore[valid-type]
     pooling: Pooling = opt("mean", "Pooling written to the sentence-transformers config.")
     normalize: bool = opt(True, "Add an L2-normalize module (cosine = dot product).")
     max_shard_size: str = opt("5GB", "Largest safetensors shard.")
@@ -216,7 +217,7 @@ class Recipe:
         None, "Model alias (e.g. smollm2-135m), path or hub id; null = give it on the command line."
     )
     seed: int = opt(42, "Global seed.")
-    dtype: Literal["auto", "bfloat16", "float32", "float16"] = opt(
+    dtype: Literal[("auto", *DTYPE_NAMES)] = opt(  # type: ignore[valid-type]
         "auto", "Compute dtype; auto = bfloat16 where the hardware supports it, else float32."
     )
     stages: list[Stage] = opt(list, "Stages to run, in this order: " + " < ".join(STAGES) + ".")
