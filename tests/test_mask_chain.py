@@ -182,7 +182,7 @@ def test_every_choice_on_every_architecture(tmp_path_factory):
     assert len(table) == len(EVERY)
     print("\nmask token x architecture: min cos(sentence-transformers, l2v encode)")
     for (choice, arch), cos in sorted(table.items(), key=lambda kv: (kv[0][1], kv[0][0])):
-        print(f"  {arch:<14} {choice:<5} {cos:.6f}")
+        print(f"  {arch:<14} {choice:<5} {cos:.8f}")
 
 
 def test_family_masking_reached_training(diagonal):
