@@ -139,17 +139,19 @@ def note(msg: str) -> None:
         print(f"l2v: {msg}", file=sys.stderr, flush=True)
 
 
-def resolve_stage_recipe(recipe, input_model, provenance: dict | None):
+def resolve_stage_recipe(recipe, input_model, provenance: dict | None, section: str):
     """The recipe with the model family's values for its `auto` settings, and the record of where
     each came from. `provenance` is what the caller resolved (convert, the CLI: it knows recipe
-    lines and overrides); without it the stage resolves and says so itself."""
+    lines and overrides); without it the stage resolves and says so itself — the notes about its
+    own section and the attention kernel."""
     from l2v_cli.config.resolve import resolve_for_model
 
     resolved = resolve_for_model(recipe, input_model)
     if provenance is None:
         provenance = resolved.provenance()
         for n in resolved.notes:
-            note(f"note: {n}")
+            if n.startswith(("model family:", f"{section}.", "bidir.")):
+                note(f"note: {n}")
     return resolved, provenance
 
 

@@ -67,7 +67,7 @@ def train_mntp(recipe, input_model: str | Path, out: str | Path, *, resume: bool
     from l2v_cli.training.lora import add_lora
     from l2v_cli.training.spine import JsonlMetrics, RichProgress, build_training_args
 
-    resolved, provenance = resolve_stage_recipe(recipe, input_model, provenance)
+    resolved, provenance = resolve_stage_recipe(recipe, input_model, provenance, STAGE.section)
     recipe = resolved.recipe
     cfg, out = recipe.mntp, Path(out)
     scfg = stage_config(recipe, STAGE.section)

@@ -56,7 +56,7 @@ def train_simcse(recipe, input_model: str | Path, out: str | Path, *, resume: bo
     from l2v_cli.training.lora import add_lora, set_attention_dropout
     from l2v_cli.training.spine import JsonlMetrics, RichProgress, build_training_args
 
-    resolved, provenance = resolve_stage_recipe(recipe, input_model, provenance)
+    resolved, provenance = resolve_stage_recipe(recipe, input_model, provenance, STAGE.section)
     recipe = resolved.recipe
     cfg, out = recipe.simcse, Path(out)
     scfg = stage_config(recipe, STAGE.section)

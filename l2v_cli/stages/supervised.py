@@ -78,7 +78,7 @@ def train_supervised(recipe, input_model: str | Path, out: str | Path, *, resume
     from l2v_cli.training.lora import add_lora
     from l2v_cli.training.spine import JsonlMetrics, RichProgress, build_training_args
 
-    resolved, provenance = resolve_stage_recipe(recipe, input_model, provenance)
+    resolved, provenance = resolve_stage_recipe(recipe, input_model, provenance, STAGE.section)
     recipe = resolved.recipe
     cfg, out = recipe.supervised, Path(out)
     scfg = stage_config(recipe, STAGE.section)
