@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: install test test-all bench demo clean
+.PHONY: install test test-slow test-all bench demo clean
 
 install:
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -21,6 +21,10 @@ install:
 
 test:
 	$(PY) -m pytest -q -m "not slow" -p no:cacheprovider
+
+# The `slow` tests: kill -9 resume, every mask token on every architecture, real small models.
+test-slow:
+	$(PY) -m pytest -q -m slow -p no:cacheprovider
 
 test-all:
 	$(PY) -m pytest -q -p no:cacheprovider

@@ -17,6 +17,7 @@ import json
 from pathlib import Path
 
 from l2v_cli.errors import L2VError
+from l2v_cli.stages import registry
 
 
 def eval_tasks(cfg) -> list:
@@ -33,24 +34,25 @@ def eval_tasks(cfg) -> list:
 
 def ablation_points(stages, final: Path, model: str) -> list[tuple[str, str, object]]:
     """(label, model spec, train stage to export or None) in chain order."""
-    from l2v_cli.stages.convert import TRAIN
-
-    bidir = next((s.folder for s in stages if s.name == "enable-bidir"), None)
+    bidir = next((s.folder for s in stages if s.name == registry.BIDIR.name), None)
     base = str(bidir) if bidir else model
     points = [("causal", f"{base}@causal", None), ("bidirectional", f"{base}@bidirectional", None)]
-    trained = [s for s in stages if s.name in TRAIN]
+    trained = [s for s in stages if registry.get(s.name).trains]
     for s in trained[:-1]:
-        points.append(("+ " + s.name.removeprefix("train-"), "", s))
+        points.append(("+ " + registry.get(s.name).section, "", s))
     if trained:
-        points.append(("+ " + trained[-1].name.removeprefix("train-") + " (final)", str(final), None))
+        points.append(("+ " + registry.get(trained[-1].name).section + " (final)", str(final), None))
     return points
 
 
-def run_eval_stage(recipe, stages, folder: Path, final: Path, model: str, echo=print) -> dict:
+def run_eval_stage(recipe, final: str | Path, folder: str | Path, ctx: registry.RunContext) -> dict:
+    """The eval stage of a run: score `final` (the export) into `folder`; with `eval.ablation`
+    every step of the chain in `ctx.stages` (see the module doc)."""
     from l2v_cli.eval.runner import evaluate, write_json
     from l2v_cli.stages.export import export_from_recipe
 
-    cfg = recipe.eval
+    cfg, folder, final = recipe.eval, Path(folder), Path(final)
+    stages, model, echo = ctx.stages, ctx.model, ctx.echo
     folder.mkdir(parents=True, exist_ok=True)
     tasks = eval_tasks(cfg)
     opts = dict(batch_size=cfg.batch_size, max_length=cfg.max_length, cache=cfg.cache,

@@ -11,8 +11,12 @@ from __future__ import annotations
 from pathlib import Path
 
 from l2v_cli.encoding import as_prefix
-from l2v_cli.stages.common import finish_stage, prepare_stage_dir, read_chain, write_config
+from l2v_cli.stages import registry
+from l2v_cli.stages.common import (finish_stage, load_training_model, prepare_stage_dir, read_chain,
+                                   resolve_stage_recipe, stage_config, write_config)
 from l2v_cli.stages.contrastive import ContrastiveTrainer
+
+STAGE = registry.of_module(__name__)
 
 
 class TextCollator:
@@ -57,18 +61,19 @@ def with_token_lengths(ds, tok, max_len: int):
 
 
 def train_simcse(recipe, input_model: str | Path, out: str | Path, *, resume: bool = True,
-                 force: bool = False, deepspeed: str | None = None) -> Path:
+                 force: bool = False, deepspeed: str | None = None, provenance: dict | None = None) -> Path:
     import torch
 
     from l2v_cli.data.clean import drop_degenerate
     from l2v_cli.data.text import load_texts
     from l2v_cli.encoding.encoder import Encoder
-    from l2v_cli.stages.mntp import load_training_model, stage_config
     from l2v_cli.training.lora import add_lora, set_attention_dropout
     from l2v_cli.training.spine import JsonlMetrics, RichProgress, build_training_args
 
+    resolved, provenance = resolve_stage_recipe(recipe, input_model, provenance, STAGE.section)
+    recipe = resolved.recipe
     cfg, out = recipe.simcse, Path(out)
-    scfg = stage_config(recipe, "simcse")
+    scfg = stage_config(recipe, STAGE.section)
     last = prepare_stage_dir(out, scfg, resume, force)
     write_config(out, recipe, input_model)
     chain = read_chain(input_model)
@@ -88,12 +93,12 @@ def train_simcse(recipe, input_model: str | Path, out: str | Path, *, resume: bo
     trainer = SimcseTrainer(model=model, args=args, train_dataset=ds,
                             data_collator=TextCollator(encoder, as_prefix(cfg.view_instruction)),
                             stage_config=scfg,
-                            callbacks=[JsonlMetrics(out), RichProgress(f"SimCSE {out.name}")])
+                            callbacks=[JsonlMetrics(out), RichProgress(f"{STAGE.title} {out.name}")])
     trainer.pooling, trainer.scale = cfg.pooling, cfg.scale
     trainer.gather, trainer.grad_cache_chunk_size = cfg.gather_across_processes, cfg.grad_cache_chunk_size
     trainer.mask_duplicates = cfg.mask_duplicates
     trainer.train(resume_from_checkpoint=str(last) if last else None)
-    finish_stage(out, trainer, tok, "train-simcse", chain,
+    finish_stage(out, trainer, tok, STAGE.name, chain,
                  {"steps": trainer.state.global_step, "sentences": cleaned.kept,
-                  "dropped": {"short": cleaned.short, "markup": cleaned.markup}})
+                  "dropped": {"short": cleaned.short, "markup": cleaned.markup}, "resolved": provenance})
     return out
