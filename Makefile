@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: install install-llamacpp install-llamacpp-tools test test-all test-gguf bench demo clean
+.PHONY: install install-llamacpp install-llamacpp-tools test test-slow test-all test-gguf bench demo clean
 
 install:
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -39,6 +39,11 @@ install-llamacpp:
 
 test:
 	$(PY) -m pytest -q -m "not slow" -p no:cacheprovider
+
+# The `slow` tests: kill -9 resume, every mask token on every architecture, real small models.
+# The GGUF ones (tests/test_gguf_llamacpp.py, they need llama.cpp built) are `make test-gguf`.
+test-slow:
+	$(PY) -m pytest -q -m slow -p no:cacheprovider --ignore=tests/test_gguf_llamacpp.py
 
 test-all:
 	$(PY) -m pytest -q -p no:cacheprovider

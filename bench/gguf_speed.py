@@ -73,7 +73,7 @@ def run(argv: list[str]) -> dict:
 
     from l2v_cli.encoding.encoder import Encoder
     from l2v_cli.gguf.check import compare_embeddings, reference_embeddings
-    from l2v_cli.gguf.export import probe_texts
+    from l2v_cli.gguf.vocab import probe_texts
     from l2v_cli.gguf.llamacpp import LlamaCppModel, check_tokenization, require_llama_cpp
     from l2v_cli.gguf.writer import write_gguf
     from l2v_cli.modeling.loading import load_tokenizer

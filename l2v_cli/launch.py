@@ -18,9 +18,10 @@ from dataclasses import dataclass
 from importlib.resources import files
 from pathlib import Path
 
-from l2v_cli.errors import L2VError
+from l2v_cli.errors import L2VError, did_you_mean
 
 WORKER = "l2v_cli.stages.worker"
+LAUNCHERS = ("none", "torchrun", "deepspeed")
 
 
 def deepspeed_config(spec: str | None) -> str | None:
@@ -62,6 +63,26 @@ def from_slurm(launch: Launch) -> Launch:
             if out.returncode == 0 and out.stdout.split():
                 launch.master_addr = out.stdout.split()[0]
     return launch
+
+
+def _given(value, default):
+    """A command-line option if given (0 included: --gpus 0 is an error, not "unset"), else the recipe's."""
+    return default if value is None else value
+
+
+def launch_spec(recipe, *, gpus=None, nodes=None, hostfile=None, launcher=None, deepspeed=None,
+                master_port=None) -> Launch:
+    """The launch settings: command-line options over the recipe's `launcher` section, then SLURM."""
+    lc = recipe.launcher
+    spec = Launch(launcher=launcher or lc.launcher, gpus=_given(gpus, lc.gpus), nodes=_given(nodes, lc.nodes),
+                  hostfile=hostfile or lc.hostfile, master_port=_given(master_port, lc.master_port),
+                  deepspeed=deepspeed_config(deepspeed or lc.deepspeed))
+    if spec.launcher not in LAUNCHERS:
+        raise L2VError(f"unknown launcher {spec.launcher!r}", where="--launcher" if launcher else "launcher.launcher",
+                       fix=did_you_mean(spec.launcher, LAUNCHERS))
+    if spec.deepspeed and spec.launcher == "none":
+        spec.launcher = "deepspeed"
+    return from_slurm(spec)
 
 
 def check_launch(launch: Launch) -> None:

@@ -83,11 +83,13 @@ def test_format_overrides_the_suffix(tmp_path):
         texts(f)
 
 
-def test_same_content_same_fingerprint(tmp_path):
+def test_same_content_same_cache_key(tmp_path):
+    from l2v_cli.data.text import content_key
+
     a = write(tmp_path / "a.txt", "x\ny\n")
     b = write(tmp_path / "b.jsonl", '{"text": "x"}\n{"text": "y"}\n')
     c = write(tmp_path / "c.txt", "x\nz\n")
-    fp = [load_texts(DataConfig(path=str(p)))._fingerprint for p in (a, b, c)]
+    fp = [content_key(load_texts(DataConfig(path=str(p)))) for p in (a, b, c)]
     assert fp[0] == fp[1] != fp[2]
 
 
@@ -129,7 +131,7 @@ def test_non_utf8_names_file_and_line(tmp_path):
 
 def test_bad_json_line_names_file_and_line(tmp_path):
     f = write(tmp_path / "a.jsonl", '{"text": "a"}\n{"text": "b",}\n')
-    with pytest.raises(L2VError, match="line 2 of a.jsonl is not valid JSON") as e:
+    with pytest.raises(L2VError, match="line 2 is not valid JSON") as e:
         texts(f)
     assert e.value.where == f"{f}:2"
 
@@ -328,3 +330,20 @@ def test_triplet_rows_follow_the_sampler_indices(tmp_path):
 def test_batch_larger_than_every_dataset_is_an_error():
     with pytest.raises(L2VError, match="smaller than one global batch of 128"):
         OneDatasetBatchSampler([10, 20], batch_size=64, num_replicas=2)
+
+
+def test_one_progress_display_datasets_bars_stay_quiet(tok, tmp_path, capfd):
+    """Tokenising and grouping show no datasets progress bar ("Map: 0%|...") beside l2v's own, and
+    leave datasets' setting as it was."""
+    import datasets
+
+    ds = content_dataset({"text": [f"sentence number {i} for the bar test" for i in range(50)]})
+    capfd.readouterr()
+    assert datasets.is_progress_bar_enabled()
+    group_texts(tokenize_texts(ds, tok, max_length=None, cache_dir=tmp_path), block_size=8, eos_id=tok.eos_token_id)
+    out, err = capfd.readouterr()
+    assert "%|" not in err + out
+    assert datasets.is_progress_bar_enabled()  # restored for whoever else uses datasets
+    # control: a plain datasets map in the same process does draw a bar
+    ds.map(lambda b: b, batched=True)
+    assert "%|" in capfd.readouterr().err

@@ -119,8 +119,33 @@ def test_eager_is_pinned_in_config(tmp_path):
     assert plain_reload(tmp_path / "b").config._attn_implementation == "eager"
 
 
+def test_auto_picks_the_family_kernel_and_says_so(tmp_path, capsys):
+    """StableLM's family kernel is eager (configs/families.yaml): `auto` uses it and says why."""
+    report = enable_bidir("tiny-stablelm", tmp_path / "b")  # attn_implementation="auto"
+    assert report.attn_implementation == "eager" and report.reload_probe.ok
+    l2v = json.loads((tmp_path / "b" / "config.json").read_text())["l2v"]
+    assert l2v["requested_attn_implementation"] == "auto"
+    assert l2v["attn_choice"] == "auto -> eager: the stablelm family's kernel"
+    assert "l2v: bidir.attn_implementation auto -> eager: the stablelm family's kernel" in capsys.readouterr().err
+
+
+def test_auto_tries_eager_when_the_first_kernel_fails_the_probe(tmp_path, capsys, monkeypatch):
+    """A family without an entry gets the generic kernel, sdpa; StableLM under sdpa fails the plain-reload
+    probe, so `auto` goes on to eager, which passes, and says so."""
+    import l2v_cli.modeling.families as families
+
+    monkeypatch.setattr(families, "family_named", lambda name: None)  # every family unknown: generic
+    report = enable_bidir("tiny-stablelm", tmp_path / "b")
+    assert report.attn_implementation == "eager"
+    err = capsys.readouterr().err
+    assert "auto: sdpa fails the bidirectionality probe" in err and "trying eager" in err
+    l2v = json.loads((tmp_path / "b" / "config.json").read_text())["l2v"]
+    assert l2v["attn_choice"] == "auto -> eager: the generic family's kernel, after sdpa failed the probe"
+    assert leftovers(tmp_path) == []
+
+
 def test_gemma2_falls_back_to_eager(tmp_path):
-    report = enable_bidir("tiny-gemma2", tmp_path / "b")  # sdpa asked, Gemma-2 has none
+    report = enable_bidir("tiny-gemma2", tmp_path / "b", attn_implementation="sdpa")  # Gemma-2 has no sdpa
     assert report.attn_implementation == "eager"
     l2v = json.loads((tmp_path / "b" / "config.json").read_text())["l2v"]
     assert l2v["requested_attn_implementation"] == "sdpa" and l2v["attn_implementation"] == "eager"
@@ -288,9 +313,11 @@ def test_cli_out_exists_and_missing_path(tmp_path):
 
 
 def test_cli_refusal_and_success(tmp_path):
-    line = assert_one_line_error(l2v("enable-bidir", "tiny-stablelm", "-o", str(tmp_path / "s")))
+    line = assert_one_line_error(l2v("enable-bidir", "tiny-stablelm", "-o", str(tmp_path / "s"),
+                                     "--attn-implementation", "sdpa"))
     assert "--attn-implementation eager" in line and not (tmp_path / "s").exists()
-    proc = l2v("enable-bidir", "tiny-stablelm", "-o", str(tmp_path / "s"), "--attn-implementation", "eager")
+    proc = l2v("enable-bidir", "tiny-stablelm", "-o", str(tmp_path / "s"))  # auto: the family's eager
+    assert "bidir.attn_implementation auto -> eager" in proc.stderr
     assert proc.returncode == 0, proc.stderr
     assert "single_no_padding" in proc.stdout and "FAIL" not in proc.stdout
     assert proc.stdout.count("pass") == 6  # three checks, in memory and after the plain reload

@@ -251,7 +251,7 @@ def test_cli_encode_writes_npy_matching_the_python_api(tiny_dirs, tmp_path):
     (tmp_path / "in.jsonl").write_text("\n".join(json.dumps({"text": t, "id": i}) for i, t in enumerate(texts)),
                                        encoding="utf-8")
     out = tmp_path / "sub" / "out.npy"
-    r = l2v("encode", tiny_dirs["llama"], "--input", tmp_path / "in.txt", "--output", out,
+    r = l2v("encode", tiny_dirs["llama"], "--input", tmp_path / "in.txt", "--output", out, "--dtype", "float32",
             "--pooling", "weighted_mean", "--normalize", "--instruction", "Query: ", "--batch-size", "2")
     assert r.returncode == 0, r.stderr
     assert "4 texts" in r.stderr and "sentences/s" in r.stderr

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -23,7 +24,7 @@ from l2v_cli.eval import evaluate, get_task, parse_tasks
 from l2v_cli.eval import metrics
 from l2v_cli.eval.cache import CachedEncoder, EmbeddingCache, model_fingerprint
 from l2v_cli.eval.runner import compare, parse_model_spec, run_mteb, write_json
-from l2v_cli.eval.tasks import as_prefix, eval_data_dir
+from l2v_cli.eval.tasks import as_prefix, eval_data_dir, parse_protocols
 from l2v_cli.modeling.tiny import save_tiny_model
 
 REPO = Path(__file__).resolve().parents[1]
@@ -134,6 +135,32 @@ def test_unknown_task_lists_valid_ones_with_did_you_mean():
         parse_tasks("stsb,stsb")
 
 
+def test_protocols_parse_to_both_by_default_and_refuse_unknown_names():
+    assert parse_protocols(None) == parse_protocols("both") == ("no_prompt", "instruction")
+    assert parse_protocols("instruction,no-prompt") == ("no_prompt", "instruction")  # table order
+    assert parse_protocols("no_prompt") == ("no_prompt",)
+    with pytest.raises(L2VError, match="unknown protocol 'instructoin'.*instruction"):
+        parse_protocols("instructoin")
+
+
+def test_no_prompt_runs_the_bare_text_and_instruction_the_tasks_prefix(tiny, monkeypatch):
+    seen = []
+    real = Encoder.encode
+
+    def spy(self, texts, instruction=None, **kw):
+        seen.append(instruction)
+        return real(self, texts, instruction=instruction, **kw)
+
+    monkeypatch.setattr(Encoder, "encode", spy)
+    res = evaluate(tiny, "stsb", limit=8, cache=False)
+    assert seen == [None, "Retrieve semantically similar text: "]
+    assert list(res["tasks"]["stsb"]) == ["no_prompt", "instruction"]
+    assert res["tasks"]["stsb"]["no_prompt"]["instruction"] is None
+    assert res["settings"]["protocols"] == ["no_prompt", "instruction"]
+    # different inputs, different scores (the tiny model is not blind to its input)
+    assert res["tasks"]["stsb"]["no_prompt"]["spearman"] != res["tasks"]["stsb"]["instruction"]["spearman"]
+
+
 def test_instruction_prefix_and_no_instructions():
     assert as_prefix("Retrieve semantically similar text") == "Retrieve semantically similar text: "
     assert as_prefix("Do X.") == "Do X: " and as_prefix(None) is None
@@ -164,8 +191,9 @@ def test_each_shipped_task_runs_and_scores_in_range(tiny, name, metric, limit):
     task = get_task(name, limit=limit)
     if hasattr(task, "n_experiments"):
         task.n_experiments = 3  # the protocol's 10 repeats only cost time here
-    res = evaluate(tiny, [task], limit=limit, cache=False)
-    r = res["tasks"][name]
+    res = evaluate(tiny, [task], limit=limit, cache=False, protocols="instruction")
+    r = res["tasks"][name]["instruction"]
+    assert set(res["tasks"][name]) == {"instruction"}
     assert r["main_metric"] == metric and r["n"] == limit
     lo = -100 if metric == "spearman" else 0
     for m, v in r.items():
@@ -195,20 +223,22 @@ def test_retrieval_limit_keeps_relevant_docs_and_queries_use_the_instruction(tin
 
 # --------------------------------------------------------------------------- cache
 def test_second_run_is_served_from_the_cache(tiny, tiny_dir, count_encode):
-    first = evaluate(tiny, "stsb,stackoverflow", limit=12)
-    assert count_encode["calls"] == 2 and first["tasks"]["stsb"]["encoded"] == 24
+    first = evaluate(tiny, "stsb,stackoverflow", limit=12, protocols="instruction")
+    assert count_encode["calls"] == 2 and first["tasks"]["stsb"]["instruction"]["encoded"] == 24
     count_encode.update(calls=0, texts=0)
-    second = evaluate(tiny, "stsb,stackoverflow", limit=12)
+    second = evaluate(tiny, "stsb,stackoverflow", limit=12, protocols="instruction")
     assert count_encode["calls"] == 0  # nothing reached the model
-    assert second["tasks"]["stsb"]["cached"] == 24 and second["tasks"]["stsb"]["encoded"] == 0
-    assert second["tasks"]["stsb"]["spearman"] == pytest.approx(first["tasks"]["stsb"]["spearman"])
+    s1, s2 = first["tasks"]["stsb"]["instruction"], second["tasks"]["stsb"]["instruction"]
+    assert s2["cached"] == 24 and s2["encoded"] == 0
+    assert s2["spearman"] == pytest.approx(s1["spearman"])
     # another instruction, attention mode or --no-cache is a different entry / no cache
-    evaluate(tiny, "stsb", limit=12, instructions=False)
+    evaluate(tiny, "stsb", limit=12, protocols="no-prompt")
     assert count_encode["calls"] == 1
-    evaluate(tiny, "stsb", limit=12, cache=False)
-    assert count_encode["calls"] == 2
-    bidir = evaluate(str(tiny_dir) + "@bidirectional", "stsb", limit=12, dtype="float32")
-    assert count_encode["calls"] == 3 and bidir["settings"]["attention"] == "bidirectional"
+    evaluate(tiny, "stsb", limit=12, cache=False)  # both protocols, nothing from the cache
+    assert count_encode["calls"] == 3
+    bidir = evaluate(str(tiny_dir) + "@bidirectional", "stsb", limit=12, dtype="float32",
+                     protocols="instruction")
+    assert count_encode["calls"] == 4 and bidir["settings"]["attention"] == "bidirectional"
 
 
 def test_cache_entries_are_atomic_npy_files_keyed_by_model_files(tiny, tiny_dir, tmp_path):
@@ -257,9 +287,9 @@ def make_user_data(root: Path) -> dict[str, str]:
 
 def test_user_data_sets_by_kind_and_path(tiny, tmp_path):
     specs = make_user_data(tmp_path)
-    res = evaluate(tiny, list(specs.values()), instructions=False, cache=False)
-    t = res["tasks"]
-    assert set(t) == set(specs.values())
+    res = evaluate(tiny, list(specs.values()), protocols="no-prompt", cache=False)
+    assert set(res["tasks"]) == set(specs.values())
+    t = {name: r["no_prompt"] for name, r in res["tasks"].items()}
     # without an instruction each query is its own document: cosine 1, ranked first
     assert t[specs["retrieval"]]["ndcg@10"] == pytest.approx(100.0)
     assert t[specs["retrieval"]]["recall@100"] == pytest.approx(100.0)
@@ -325,9 +355,10 @@ def test_bad_task_data_fails_before_the_model_loads(tmp_path):
 
 # --------------------------------------------------------------------------- results, compare, JSON
 def test_compare_and_atomic_json(tmp_path):
-    a = {"tasks": {"stsb": {"spearman": 40.0, "n": 5, "main_metric": "spearman"}}}
-    b = {"tasks": {"stsb": {"spearman": 15.5, "n": 5, "main_metric": "spearman"}}}
-    assert compare(a, b) == {"stsb": {"spearman": 24.5}}
+    a = {"tasks": {"stsb": {"no_prompt": {"spearman": 40.0, "n": 5, "main_metric": "spearman"},
+                            "instruction": {"spearman": 50.0, "n": 5, "main_metric": "spearman"}}}}
+    b = {"tasks": {"stsb": {"no_prompt": {"spearman": 15.5, "n": 5, "main_metric": "spearman"}}}}
+    assert compare(a, b) == {"stsb (no prompt)": {"spearman": 24.5}}  # only what both have
     out = write_json(tmp_path / "r.json", {"x": float("nan"), "y": np.float32(1.5)})
     assert json.loads(out.read_text()) == {"x": None, "y": 1.5}
     assert [p.name for p in tmp_path.iterdir()] == ["r.json"]
@@ -376,8 +407,9 @@ def test_cli_compare_writes_json_and_prints_both_models_with_delta(tiny_dir, cac
     data = json.loads(out.read_text())
     a, b = data["runs"]
     assert a["settings"]["attention"] == "causal" and b["settings"]["attention"] == "bidirectional"
-    delta = a["tasks"]["stsb"]["spearman"] - b["tasks"]["stsb"]["spearman"]
-    assert data["delta"]["stsb"]["spearman"] == pytest.approx(delta)
+    for protocol, label in (("no_prompt", "no prompt"), ("instruction", "instruction")):
+        delta = a["tasks"]["stsb"][protocol]["spearman"] - b["tasks"]["stsb"][protocol]["spearman"]
+        assert data["delta"][f"stsb ({label})"]["spearman"] == pytest.approx(delta)
     assert "(causal)" in p.stdout and "(bidirectional)" in p.stdout and "Δ (A − B)" in p.stdout
     assert str(out) in p.stdout.replace("\n", "")
 
@@ -391,9 +423,11 @@ def test_cli_repeated_compare_prints_one_row_per_model(tiny_dir, cache_env, tmp_
     assert [r["settings"]["attention"] for r in runs] == ["causal", "bidirectional", "causal"]
     assert all(set(r["tasks"]) == {"stsb", "banking77"} for r in runs)
     rows = [line for line in p.stdout.splitlines() if "(causal)" in line or "(bidirectional)" in line]
-    assert len(rows) == 3  # one table row per model, each with both tasks' main scores
+    assert len(rows) == 3  # one table row per model, each with both tasks' main scores, both protocols
     for r, line in zip(runs, rows):
-        assert f"{r['tasks']['stsb']['spearman']:.2f}" in line and f"{r['tasks']['banking77']['accuracy']:.2f}" in line
+        cells = [f"{r['tasks'][t][p][m]:.2f}" for t, m in (("stsb", "spearman"), ("banking77", "accuracy"))
+                 for p in ("no_prompt", "instruction")]
+        assert re.findall(r"-?\d+\.\d\d\b", line) == cells, (line, cells)  # in column order
 
 
 def test_cli_errors_are_one_line(tmp_path):

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 from l2v_cli.gguf.check import compare_embeddings, cosine_rows, reference_embeddings
-from l2v_cli.gguf.export import probe_texts
+from l2v_cli.gguf.vocab import probe_texts
 from l2v_cli.gguf.writer import write_gguf
 from tests.gguf_helpers import ARCHS, bidir_folder
 
@@ -177,7 +177,7 @@ def test_l2v_eval_runs_the_gguf_through_llama_cpp(smollm, root, tmp_path):
 
 
 def test_export_checks_tokenization_with_llama_cpp(smollm, tmp_path):
-    from l2v_cli.gguf.export import export_gguf
+    from l2v_cli.stages.export.gguf_files import export_gguf
 
     rep = export_gguf(smollm, tmp_path / "enc", gguf_types=["q8_0"])
     assert rep.token_check == {"enc-q8_0.gguf": "70/70 identical"}
@@ -211,7 +211,7 @@ def test_serve_commands_from_the_card(smollm, smollm_ref, tmp_path):
     import time
     import urllib.request
 
-    from l2v_cli.gguf.export import export_gguf
+    from l2v_cli.stages.export.gguf_files import export_gguf
 
     export_gguf(smollm, tmp_path / "enc", gguf_types=["f16"])
     folder = tmp_path / "enc"

@@ -226,7 +226,7 @@ def test_failure_leaves_nothing(llama, tmp_path, monkeypatch):
     monkeypatch.setattr(writer, "_encode", boom)
     with pytest.raises(RuntimeError):
         write_gguf(llama, tmp_path / "x.gguf")
-    from l2v_cli.gguf.export import export_gguf
+    from l2v_cli.stages.export.gguf_files import export_gguf
 
     calls["n"] = 0
     with pytest.raises(RuntimeError):
@@ -235,7 +235,7 @@ def test_failure_leaves_nothing(llama, tmp_path, monkeypatch):
 
 
 def test_st_and_gguf_in_one_folder(llama, tmp_path):
-    from l2v_cli.gguf.export import export_gguf
+    from l2v_cli.stages.export.gguf_files import export_gguf
 
     rep = export_gguf(llama, tmp_path / "both", formats=["st", "gguf"], gguf_types=["q8_0"], verify=False)
     names = {p.name for p in (tmp_path / "both").iterdir()}
@@ -247,7 +247,7 @@ def test_st_and_gguf_in_one_folder(llama, tmp_path):
 
 
 def test_gguf_card_says_how_to_serve(llama, tmp_path):
-    from l2v_cli.gguf.export import export_gguf
+    from l2v_cli.stages.export.gguf_files import export_gguf
 
     export_gguf(llama, tmp_path / "enc", gguf_types=["f16", "q8_0"], pooling="bos")
     card = (tmp_path / "enc" / "README.md").read_text()

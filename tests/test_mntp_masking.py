@@ -27,7 +27,7 @@ def ordinary_batch(tok, shape, seed=0):
 
 
 def collate(tok, ids, p=0.2, strategy="80-10-10", seed=0, mask_id=None, step=None):
-    mask_id = resolve_mask_token(tok, "_")[1] if mask_id is None else mask_id
+    mask_id = resolve_mask_token(tok, "_").id if mask_id is None else mask_id
     c = MntpCollator(tok, mask_id, p, strategy, seed)
     return c([{"input_ids": row.tolist()} for row in ids], step=step), mask_id
 
@@ -154,7 +154,7 @@ def test_all_strategy_masks_every_chosen_token(tok):
 
 
 def test_variable_lengths_are_padded_right_and_never_masked(tok):
-    mask_id = resolve_mask_token(tok, "_")[1]
+    mask_id = resolve_mask_token(tok, "_").id
     c = MntpCollator(tok, mask_id, 0.99, "all", seed=0)
     batch = c([{"input_ids": [1, 50, 51, 52, 53]}, {"input_ids": [1, 60]}])
     assert batch["attention_mask"].tolist() == [[1, 1, 1, 1, 1], [1, 1, 0, 0, 0]]
@@ -164,7 +164,7 @@ def test_variable_lengths_are_padded_right_and_never_masked(tok):
 
 
 def test_masking_is_a_function_of_seed_and_step(tok):
-    mask_id = resolve_mask_token(tok, "_")[1]
+    mask_id = resolve_mask_token(tok, "_").id
     examples = [{"input_ids": r.tolist()} for r in ordinary_batch(tok, (4, 64))]
     a = MntpCollator(tok, mask_id, 0.3, seed=7)
     first, second, third = a(examples), a(examples), a(examples)  # steps 0, 1, 2
@@ -198,35 +198,84 @@ def fresh_tok():
 def test_underscore_is_the_existing_token():
     tok = fresh_tok()
     n = len(tok)
-    tok2, mid, added = resolve_mask_token(tok, "_")
-    assert tok2 is tok and not added and len(tok) == n
-    assert tok.convert_ids_to_tokens(mid) == "_"
+    choice = resolve_mask_token(tok, "_")
+    assert choice.tokenizer is tok and not choice.added and len(tok) == n
+    assert tok.convert_ids_to_tokens(choice.id) == "_"
 
 
-def test_auto_uses_the_family_default_else_underscore():
+def test_auto_starts_with_the_family_token():
     tok = fresh_tok()
-    assert resolve_mask_token(tok, "auto")[1] == resolve_mask_token(tok, "_")[1]
-    assert resolve_mask_token(tok, "auto", alias_default="eos")[1] == tok.eos_token_id
+    assert resolve_mask_token(tok, "auto").id == resolve_mask_token(tok, "_").id
+    assert resolve_mask_token(tok, "auto").how == "the family's token '_'"
+    at = resolve_mask_token(tok, "auto", family_token="@")
+    assert at.id == tok.convert_tokens_to_ids("@") and at.how == "the family's token '@'"
+
+
+def _without(tok, *pieces):
+    """The tiny tokenizer with `pieces` unreachable (renamed in the vocabulary, merges dropped)."""
+    import json
+
+    from transformers import PreTrainedTokenizerFast
+    from tokenizers import Tokenizer
+
+    d = json.loads(tok.backend_tokenizer.to_str())
+    for p in pieces:
+        d["model"]["vocab"][f"<gone:{p}>"] = d["model"]["vocab"].pop(p)
+    split = (lambda m: m.split(" ")) if isinstance(d["model"]["merges"][0], str) else (lambda m: m)
+    d["model"]["merges"] = [m for m in d["model"]["merges"] if not any(p in x for x in split(m) for p in pieces)]
+    return PreTrainedTokenizerFast(tokenizer_object=Tokenizer.from_str(json.dumps(d)), bos_token="<s>",
+                                   eos_token="</s>", unk_token="<unk>", pad_token="<pad>")
+
+
+def test_auto_falls_back_in_the_stated_order():
+    """family token -> the tokenizer's mask token -> '_' -> an unused special token -> EOS -> new <mask>;
+    it never refuses, and says which it chose and why."""
+    tok = _without(fresh_tok(), "@")  # the family token "@" is not one token any more
+    c = resolve_mask_token(tok, "auto", family_token="@")
+    assert tok.convert_ids_to_tokens(c.id) == "_" and c.how.startswith("'_' (auto: the family's token '@' is not")
+    tok.add_special_tokens({"mask_token": "[MASK]"})
+    c = resolve_mask_token(tok, "auto", family_token="@")
+    assert c.id == tok.mask_token_id and c.how.startswith("the tokenizer's mask token '[MASK]'")
+
+    tok = _without(fresh_tok(), "_")
+    tok.add_special_tokens({"additional_special_tokens": ["<|reserved_special_token_0|>"]})
+    c = resolve_mask_token(tok, "auto")
+    assert tok.convert_ids_to_tokens(c.id) == "<|reserved_special_token_0|>" and not c.added
+    assert "unused special token" in c.how
+
+    tok = _without(fresh_tok(), "_")
+    c = resolve_mask_token(tok, "auto")
+    assert c.id == tok.eos_token_id and c.how.startswith("EOS '</s>' (auto: the family's token '_' is not one token")
+    with pytest.raises(L2VError, match=r"mask token '_' is not a single token.*\['<unk>'\].*use auto"):
+        resolve_mask_token(tok, "_")  # an explicit choice keeps its clear error
+
+    tok = _without(fresh_tok(), "_")
+    tok.eos_token = None
+    c = resolve_mask_token(tok, "auto")
+    assert c.added and tok.mask_token == "<mask>" and c.id == tok.mask_token_id
 
 
 def test_eos():
     tok = fresh_tok()
-    assert resolve_mask_token(tok, "eos") == (tok, tok.eos_token_id, False)
+    c = resolve_mask_token(tok, "eos")
+    assert (c.tokenizer, c.id, c.added) == (tok, tok.eos_token_id, False)
 
 
 def test_mask_adds_a_special_token():
     tok = fresh_tok()
     n = len(tok)
-    tok, mid, added = resolve_mask_token(tok, "mask")
-    assert added and len(tok) == n + 1 and mid == n
-    assert tok.mask_token == "<mask>" and mid in tok.all_special_ids
-    assert resolve_mask_token(tok, "mask")[1:] == (mid, False)  # a second call reuses it
+    c = resolve_mask_token(tok, "mask")
+    assert c.added and len(tok) == n + 1 and c.id == n
+    assert tok.mask_token == "<mask>" and c.id in tok.all_special_ids
+    again = resolve_mask_token(tok, "mask")  # a second call reuses it
+    assert (again.id, again.added) == (c.id, False)
 
 
 def test_single_token_literal():
     tok = fresh_tok()
     tid = tok.encode("e", add_special_tokens=False)
-    assert resolve_mask_token(tok, "e")[1:] == (tid[0], False)
+    c = resolve_mask_token(tok, "e")
+    assert (c.id, c.added) == (tid[0], False)
 
 
 def test_multi_token_literal_is_an_error():

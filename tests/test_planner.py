@@ -12,9 +12,13 @@ import sys
 import pytest
 
 from l2v_cli.errors import L2VError
-from l2v_cli.planner import (ARCHS, GIB, Precision, Setup, Shape, activation_bytes, count_params,
-                             estimate_measured, lora_params, make_plan, measure_step, parse_memory, plan_stage,
-                             resolve_arch)
+from l2v_cli.planner import (GIB, Precision, Setup, Shape, activation_bytes, count_params, lora_params, make_plan,
+                             parse_memory, plan_stage, resolve_arch)
+from memory_probe import estimate_measured, measure_step
+
+
+def shipped(alias: str):
+    return resolve_arch(alias)[0]
 
 # The error docs/planning.md states for the estimate against a measured step (tiny-llama, CPU):
 SAVED_TOLERANCE = 0.02  # saved-for-backward activation bytes (measured: < 1%)
@@ -22,18 +26,21 @@ PEAK_TOLERANCE = 0.06  # peak of the step's allocations (measured: < 5% on tiny-
 
 
 def test_param_counts_exact_for_the_7b_models():
-    assert count_params(ARCHS["llama2-7b"])["total"] == 6_738_415_616  # "6.74B"
-    assert count_params(ARCHS["mistral-7b"])["total"] == 7_241_732_096  # "7.24B"
-    assert round(count_params(ARCHS["llama2-7b"])["total"] / 1e9, 2) == 6.74
-    assert round(count_params(ARCHS["mistral-7b"])["total"] / 1e9, 2) == 7.24
+    assert count_params(shipped("llama2-7b"))["total"] == 6_738_415_616  # "6.74B"
+    assert count_params(shipped("mistral-7b"))["total"] == 7_241_732_096  # "7.24B"
+    assert round(count_params(shipped("llama2-7b"))["total"] / 1e9, 2) == 6.74
+    assert round(count_params(shipped("mistral-7b"))["total"] / 1e9, 2) == 7.24
 
 
-def test_every_table_entry_matches_its_alias_size():
+def test_every_alias_config_in_models_yaml_matches_its_size():
+    """The config numbers configs/models.yaml ships beside each alias give exactly its `params`."""
     from l2v_cli.modeling.aliases import load_aliases
+    from l2v_cli.modeling.arch import shipped_arch
 
-    aliases = load_aliases()
-    for name, arch in ARCHS.items():
-        assert count_params(arch)["total"] == aliases[name].params, name
+    with_config = [a for a in load_aliases().values() if a.config]
+    assert {a.name for a in with_config} >= {"llama2-7b", "mistral-7b", "smollm2-135m", "gemma3-270m"}
+    for a in with_config:
+        assert count_params(shipped_arch(a))["total"] == a.params, a.name
 
 
 def test_tiny_llama_count_equals_the_real_model():
@@ -49,10 +56,10 @@ def test_lora_params_llama2_r16_all_seven_projections():
     h, f, L, r = 4096, 11008, 32, 16
     by_hand = L * r * (4 * (h + h) + 2 * (h + f) + (f + h))  # q k v o (h->h), gate up (h->f), down (f->h)
     assert by_hand == 39_976_960
-    assert lora_params(ARCHS["llama2-7b"], 16) == by_hand
-    assert lora_params(ARCHS["llama2-7b"], 16, ["q_proj", "v_proj"]) == L * r * 2 * (h + h)
+    assert lora_params(shipped("llama2-7b"), 16) == by_hand
+    assert lora_params(shipped("llama2-7b"), 16, ["q_proj", "v_proj"]) == L * r * 2 * (h + h)
     # Mistral: k and v are 1024 wide (8 kv heads)
-    assert lora_params(ARCHS["mistral-7b"], 16) == 32 * 16 * (2 * (4096 + 4096) + 2 * (4096 + 1024)
+    assert lora_params(shipped("mistral-7b"), 16) == 32 * 16 * (2 * (4096 + 4096) + 2 * (4096 + 1024)
                                                               + 3 * (4096 + 14336))
 
 
@@ -73,7 +80,7 @@ def _shape(**kw) -> Shape:
 
 
 def test_zero3_divides_weights_by_world_size_and_zero2_does_not():
-    arch = ARCHS["llama2-7b"]
+    arch = shipped("llama2-7b")
     p = count_params(arch)["total"]
     z3 = plan_stage(arch, _shape(), 1, Setup(gpus=8, zero=3))
     z2 = plan_stage(arch, _shape(), 1, Setup(gpus=8, zero=2))
@@ -88,7 +95,7 @@ def test_zero3_divides_weights_by_world_size_and_zero2_does_not():
 
 
 def test_gradient_checkpointing_lowers_activations():
-    arch, prec = ARCHS["mistral-7b"], Precision.of(2)
+    arch, prec = shipped("mistral-7b"), Precision.of(2)
     for stage in ("train-mntp", "train-simcse", "train-supervised"):
         sh = _shape(stage=stage, seq=128)
         on = activation_bytes(arch, sh, prec, checkpointing=True)
@@ -102,7 +109,7 @@ def test_gradient_checkpointing_lowers_activations():
 
 
 def test_simcse_keeps_two_passes_and_supervised_three():
-    arch, prec = ARCHS["llama2-7b"], Precision.of(2)
+    arch, prec = shipped("llama2-7b"), Precision.of(2)
     for ckpt in (False, True):
         sim = activation_bytes(arch, _shape(stage="train-simcse", seq=128, batch=64), prec, checkpointing=ckpt)
         sup = activation_bytes(arch, _shape(stage="train-supervised", seq=128, batch=64), prec, checkpointing=ckpt)
@@ -118,7 +125,7 @@ def test_simcse_keeps_two_passes_and_supervised_three():
 
 
 def test_mntp_logits_only_at_masked_positions():
-    arch = ARCHS["llama3-8b"]
+    arch = shipped("llama3-8b")
     sh = _shape(batch=8, seq=512, mask_probability=0.2)
     act = activation_bytes(arch, sh, Precision.of(2))
     masked = round(0.2 * 8 * 511)

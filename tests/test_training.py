@@ -123,17 +123,36 @@ def test_nan_loss_stops_naming_the_step_and_keeps_the_last_good_checkpoint(tmp_p
     assert not (out / "stage.json").exists()
 
 
-def test_simcse_views_differ_only_by_dropout(tmp_path):
-    """With dropout off the two views are identical: InfoNCE then sees its easiest case."""
-    from l2v_cli.stages.simcse import SimcseTrainer
-    from l2v_cli.training.losses import info_nce
+def test_simcse_views_differ_only_by_dropout():
+    """SimCSE's positive pair is one batch embedded twice in train mode: with every dropout at 0 the
+    two embeddings are identical (nothing else tells the views apart); with the stage's attention
+    dropout they differ, yet each sentence stays closest to its own other view."""
+    from l2v_cli.encoding.encoder import Encoder
+    from l2v_cli.modeling.bidir import set_bidirectional
+    from l2v_cli.modeling.tiny import make_tiny_model
+    from l2v_cli.stages.contrastive import embed
+    from l2v_cli.stages.simcse import SimcseTrainer, TextCollator
+    from l2v_cli.training.lora import set_attention_dropout
 
-    trainer = SimcseTrainer.__new__(SimcseTrainer)
-    trainer.scale, trainer.gather = 20.0, False
-    x = torch.randn(4, 8)
-    assert trainer.loss_from([x, x], None) == pytest.approx(float(info_nce(x, x, 20.0, gather=False)))
-    batch = {"input_ids": torch.ones(2, 3)}
-    assert trainer.views(batch) == [batch, batch]
+    model, tok = make_tiny_model("llama")
+    set_bidirectional(model, True)
+    texts = ["a cat sat on the mat", "stock prices fell sharply", "the rain in spain", "open the door"]
+    batch = TextCollator(Encoder(model, tok, pooling="mean"))([{"text": t} for t in texts])
+    views = SimcseTrainer.views(None, batch)
+    assert len(views) == 2
+    model.train()
+
+    def pair(p):
+        set_attention_dropout(model, p)
+        torch.manual_seed(0)
+        return [embed(model, v, "mean") for v in views]
+
+    a, b = pair(0.0)
+    assert torch.equal(a, b)  # the same input, so only dropout can make the pair differ
+    a, b = pair(0.3)
+    assert not torch.allclose(a, b, atol=1e-4)  # attention dropout makes two views
+    sim = torch.nn.functional.cosine_similarity(a[:, None], b[None], dim=-1)
+    assert (sim.argmax(1) == torch.arange(len(texts))).all()
 
 
 def test_a_checkpoint_of_an_unfinished_stage_exports_without_naming_its_input(tmp_path):

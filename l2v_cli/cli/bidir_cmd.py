@@ -17,7 +17,8 @@ def enable_bidir_cmd(
     model: str = typer.Argument(..., help="Model folder, .gguf file, alias (`l2v models`), tiny-<arch> or hub id org/name."),
     out: Path = typer.Option(..., "-o", "--out", help="Folder to write (must not exist unless --overwrite)."),
     attn_implementation: str = typer.Option(
-        "sdpa", "--attn-implementation", help="Attention kernel: sdpa, eager, flash_attention_2 or auto."),
+        "auto", "--attn-implementation", help="Attention kernel: auto (the model family's, eager if it fails the "
+        "probe), sdpa, eager or flash_attention_2."),
     dtype: str = typer.Option(
         "original", "--dtype", help="Saved weight dtype: original (what the source declares; float32 for "
         "GGUF/tiny), float32, bfloat16 or float16."),
@@ -85,4 +86,6 @@ def _mark(ok):
 
 
 def register(app: typer.Typer) -> None:
-    app.command("enable-bidir")(enable_bidir_cmd)
+    from l2v_cli.stages import registry
+
+    app.command(registry.BIDIR.name)(enable_bidir_cmd)

@@ -42,8 +42,11 @@ def eval_command(
     limit: Optional[int] = typer.Option(None, "--limit", min=1, help="Subsample each task to N items (pairs, "
                                         "queries, test texts) for a quick run; not comparable to full scores."),
     cache: bool = typer.Option(True, "--cache/--no-cache", help="Reuse cached embeddings (~/.cache/l2v/embeddings)."),
-    instructions: bool = typer.Option(True, "--instructions/--no-instructions",
-                                      help="Prefix the task instructions (E5/LLM2Vec tables) on the query side."),
+    protocol: str = typer.Option("both", "--protocol", help="How texts reach the model: no-prompt (the bare "
+                                 "text, as SentenceTransformer(path).encode(texts) sends it), instruction (the "
+                                 "task's E5/LLM2Vec instruction on the query side), or both (one column each)."),
+    instructions: Optional[bool] = typer.Option(None, "--instructions/--no-instructions", hidden=True,
+                                                help="Old spelling: --protocol instruction / --protocol no-prompt."),
     mteb: Optional[str] = typer.Option(None, "--mteb", help="Also run these MTEB tasks (comma-separated MTEB names) "
                                        "through the `mteb` package, if installed; it downloads their data."),
     attn_implementation: str = typer.Option("sdpa", "--attn-implementation",
@@ -69,7 +72,7 @@ def eval_command(
     from l2v_cli.errors import L2VError
     from l2v_cli.eval.runner import compare as compare_results
     from l2v_cli.eval.runner import evaluate, load_encoder, parse_model_spec, run_mteb, write_json
-    from l2v_cli.eval.tasks import DEFAULT_TASKS, parse_tasks
+    from l2v_cli.eval.tasks import DEFAULT_TASKS, column, parse_protocols, parse_tasks
     from l2v_cli.utils.device import resolve_dtype
 
     # Everything the user can get wrong, before any model loads.
@@ -98,8 +101,11 @@ def eval_command(
         first = report.get("runs", [report])[0]["model"]
         _save(report, output, _slug(first) + "-words", out)
         return
+    if instructions is not None:
+        protocol = "instruction" if instructions else "no-prompt"
+    protocols = parse_protocols(protocol)
     task_specs = tasks if tasks is not None else (None if mteb else ",".join(DEFAULT_TASKS))
-    task_list = parse_tasks(task_specs, instructions=instructions, limit=limit) if task_specs else []
+    task_list = parse_tasks(task_specs, limit=limit) if task_specs else []
     for t in task_list:
         t.load()
     if mteb:
@@ -115,14 +121,16 @@ def eval_command(
         enc, spec_clean, load_s = load_encoder(spec, pooling=pooling, dtype=dtype, max_length=max_length,
                                                bidirectional=mode, attn_implementation=attn_implementation,
                                                trust_remote_code=trust_remote_code)
-        res = evaluate(enc, task_list, batch_size=batch_size, instructions=instructions, cache=cache, limit=limit,
+        res = evaluate(enc, task_list, batch_size=batch_size, protocols=protocols, cache=cache, limit=limit,
                        show_progress=err.is_terminal, on_start=lambda name: err.print(f"  {name}: running…"),
                        on_task=lambda name, r: err.print("  " + _task_line(name, r)))
         res["load_s"] = round(load_s, 2)
         res["spec"] = spec_clean
         res["model"] = f"{spec_clean} ({res['settings']['attention']})"
         if mteb:
-            res["mteb"] = run_mteb(enc, mteb, instructions=instructions, batch_size=batch_size)
+            res["mteb"] = {column(name, p): r for p in protocols
+                           for name, r in run_mteb(enc, mteb, instructions=p == "instruction",
+                                                   batch_size=batch_size).items()}
         del enc
         import gc
 
@@ -131,11 +139,10 @@ def eval_command(
 
     res_a = run_one(spec_a, mode_a)
     if len(others) > 1:  # several models: one row each, main metrics
-        from l2v_cli.stages.evaluate import render_table, table_row
+        from l2v_cli.stages.evaluate import eval_table, render_table, table_row
 
         runs = [res_a] + [run_one(s, m) for s, m in others]
-        render_table({"tasks": {t.name: t.describe() for t in task_list},
-                      "rows": [table_row(r["model"], r["spec"], r) for r in runs]}, out)
+        render_table(eval_table(task_list, protocols, [table_row(r["model"], r["spec"], r) for r in runs]), out)
         _save({"runs": runs}, output, _slug(res_a["model"]) + f"-vs-{len(others)}", out)
         return
     if spec_b is None:
@@ -193,10 +200,12 @@ def _metric_rows(r: dict) -> list[tuple[str, float, float | None]]:
 def print_results(console, res: dict) -> None:
     from rich.table import Table
 
+    from l2v_cli.eval.runner import columns
+    from l2v_cli.eval.tasks import PROTOCOLS
+
     s = res["settings"]
     title = f"{res['model']} — pooling={s['pooling']}, dtype={s['dtype']}, max_length={s['max_length']}"
-    if not s["instructions"]:
-        title += ", no instructions"
+    title += ", protocols: " + " + ".join(PROTOCOLS[p] for p in s["protocols"])
     if s["limit"]:
         title += f", limit={s['limit']}"
     table = Table(title=title, title_justify="left", header_style="bold")
@@ -205,7 +214,7 @@ def print_results(console, res: dict) -> None:
                     ("encoded/cached", dict(justify="right"))):
         table.add_column(col, **kw)
     mains = []
-    for name, r in res["tasks"].items():
+    for name, r in columns(res).items():
         for i, (m, v, std) in enumerate(_metric_rows(r)):
             cell = _fmt(v) + (f" ± {std:.2f}" if std is not None else "")
             first = i == 0
@@ -223,6 +232,8 @@ def print_results(console, res: dict) -> None:
 def print_comparison(console, a: dict, b: dict) -> None:
     from rich.table import Table
 
+    from l2v_cli.eval.runner import columns
+
     table = Table(title=f"A = {a['model']}   vs   B = {b['model']}", caption="Δ = A − B", title_justify="left",
                   header_style="bold")
     table.add_column("task", style="cyan")
@@ -231,8 +242,9 @@ def print_comparison(console, a: dict, b: dict) -> None:
     table.add_column(b["model"], justify="right")
     table.add_column("Δ (A − B)", justify="right")
     mains_a, mains_b = [], []
-    for name, ra in a["tasks"].items():
-        rb = b["tasks"].get(name, {})
+    cols_b = columns(b)
+    for name, ra in columns(a).items():
+        rb = cols_b.get(name, {})
         for i, (m, va, _) in enumerate(_metric_rows(ra)):
             vb = rb.get(m)
             table.add_row(name if i == 0 else "", m, _fmt(va), _fmt(vb), _delta(va, vb))

@@ -61,5 +61,7 @@ def export_command(
 
 
 def register(app) -> None:
-    app.command("export", help="Merge a trained chain into a sentence-transformers / transformers model folder.")(
+    from l2v_cli.stages import registry
+
+    app.command(registry.EXPORT.name, help="Merge a trained chain into a sentence-transformers / transformers model folder.")(
         export_command)

@@ -9,7 +9,7 @@ import typer
 
 def export_gguf_command(source: Path, out: Path, *, fmt: str, gguf_type: str, allow_causal: bool, pooling: str,
                         normalize: bool, query_instruction, document_instruction, overwrite: bool, **st_kwargs) -> None:
-    from l2v_cli.gguf.export import check_formats, check_types, export_gguf
+    from l2v_cli.stages.export.gguf_files import check_formats, check_types, export_gguf
     from l2v_cli.gguf.writer import check_gguf_pooling
 
     formats = check_formats(fmt)

@@ -27,7 +27,7 @@ app = typer.Typer(
 
 # Each module has `register(app)`; heavy imports (torch, transformers) stay inside the commands
 # so `l2v --help` is instant.
-COMMAND_MODULES = ["models_cmd", "recipes_cmd", "bidir_cmd", "encode_cmd", "train_cmd", "export_cmd", "eval_cmd", "convert_cmd",
+COMMAND_MODULES = ["models_cmd", "recipes_cmd", "bidir_cmd", "encode_cmd", "train_cmd", "export_cmd", "eval_cmd", "mine_cmd", "convert_cmd",
                    "doctor_cmd", "plan_cmd"]
 
 

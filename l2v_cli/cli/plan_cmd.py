@@ -11,6 +11,8 @@ from typing import List, Optional
 
 import typer
 
+from l2v_cli.cli.options import launcher_options
+
 
 def _gib(n: int) -> str:
     return f"{n / 2**30:,.2f}"
@@ -32,12 +34,13 @@ def render(plan, console) -> None:
     from rich.table import Table
     from rich.text import Text
 
-    from l2v_cli.planner import count_params, lora_targets
+    from l2v_cli.modeling.arch import count_params, lora_targets
+    from l2v_cli.utils.dtypes import dtype_bytes
 
     a, s = plan.arch, plan.setup
     ds = {0: "no DeepSpeed" + (" (DDP)" if s.world > 1 else ""), 2: "DeepSpeed ZeRO-2", 3: "DeepSpeed ZeRO-3"}[s.zero]
     console.print(Text.assemble(
-        (f"{plan.model}", "bold cyan"), f" ({a.name}: h {a.hidden}, {a.layers} layers, {a.heads} heads / "
+        (f"{plan.model}", "bold cyan"), f" ({a.model_type}: h {a.hidden}, {a.layers} layers, {a.heads} heads / "
         f"{a.kv_heads} kv, head_dim {a.head_dim}, ffn {a.ffn}, vocab {a.vocab}, "
         f"{'tied' if a.tied else 'untied'} embeddings; from {a.source})"))
     console.print(Text(f"recipe {plan.recipe} · {s.world} {'GPU' if s.device == 'cuda' else 'process'}"
@@ -45,7 +48,7 @@ def render(plan, console) -> None:
                        f"{ds} · {s.dtype} · {_gib(s.gpu_memory)} GiB per device · "
                        f"{_int(count_params(a)['total'])} parameters", style="dim"))
     w = s.world
-    wbytes = {"bfloat16": 2, "float16": 2, "float32": 4}[s.dtype]
+    wbytes = dtype_bytes(s.dtype)
     for sp in plan.stages:
         sh, d, m = sp.shape, sp.detail, sp.memory
         n = sp.trainable
@@ -87,7 +90,7 @@ def render(plan, console) -> None:
         if d["recomputed_layer"]:
             t.add_row("  recomputed layer", _gib(d["recomputed_layer"]),
                       f"one layer's activations in the backward: {k:.1f}·T·h")
-        if sp.stage == "train-mntp":
+        if not sh.contrastive:
             t.add_row("  MNTP log-probs", _gib(d["loss"]),
                       f"4 B × {_int(d['masked_tokens'])} masked × {_int(a.vocab)} vocab (masked positions only)")
             t.add_row("  forward-end logits", _gib(d["forward_extra"]),
@@ -121,17 +124,16 @@ def render(plan, console) -> None:
             console.print(Text("warning: " + warn, style="yellow"))
 
 
+@launcher_options("gpus", "nodes", "deepspeed")
 def plan_cmd(
     model: str = typer.Argument(..., metavar="MODEL", help="Alias (`l2v models`), tiny-<arch>, model folder, or hub id in the local cache."),
     overrides: Optional[List[str]] = typer.Argument(None, metavar="[KEY=VALUE]...", help="Recipe overrides, e.g. simcse.train.per_device_batch_size=64."),
     recipe: str = typer.Option("unsup", "--recipe", "-r", help="Recipe name or YAML path."),
-    gpus: Optional[int] = typer.Option(None, "--gpus", help="GPUs per node (default: the recipe's launcher.gpus)."),
-    nodes: Optional[int] = typer.Option(None, "--nodes", help="Number of nodes (default: the recipe's launcher.nodes)."),
-    deepspeed: Optional[str] = typer.Option(None, "--deepspeed", help="zero2 | zero3 | none | PATH to a DeepSpeed JSON (default: the recipe's)."),
     gpu_memory: str = typer.Option("80GB", "--gpu-memory", help="Memory per device, e.g. 80GB, 141GB, 24GB (GB = GiB)."),
     stage: Optional[List[str]] = typer.Option(None, "--stage", help="Plan these training stages (repeatable; default: the recipe's)."),
     device: str = typer.Option("cuda", "--device", help="cuda (default) or cpu: CPU training keeps float dropout masks and no CUDA reserve."),
     json_out: bool = typer.Option(False, "--json", help="Print the plan as JSON."),
+    launch: dict = None,
 ) -> None:
     """Plan a run: parameters, trainable LoRA parameters, memory per device and tokens per step, per stage.
 
@@ -144,7 +146,7 @@ def plan_cmd(
     if device not in ("cuda", "cpu"):
         raise L2VError(f"unknown --device {device!r}", where="--device", fix="use cuda or cpu")
     r = load_recipe(recipe, overrides or [])
-    plan = make_plan(model, r, gpus=gpus, nodes=nodes, deepspeed=deepspeed, gpu_memory=gpu_memory,
+    plan = make_plan(model, r, **launch, gpu_memory=gpu_memory,
                      stages=list(stage) if stage else None, device=device)
     if json_out:
         import json

@@ -1,9 +1,11 @@
-"""Recipe configs: typed schema (schema.py) and YAML loading with overrides (loader.py)."""
+"""Recipe configs: typed schema (schema.py), YAML loading with overrides (loader.py) and the model
+family's defaults for `auto` values (resolve.py)."""
 
 from l2v_cli.config.loader import (
     dump_recipe_yaml,
     list_recipes,
     load_recipe,
+    load_recipe_with_origin,
     parse_override,
     recipe_from_dict,
     recipe_to_dict,
@@ -27,11 +29,12 @@ from l2v_cli.config.schema import (
     schema_fields,
     validate,
 )
+from l2v_cli.config.resolve import Resolved, resolve_for_model
 
 __all__ = [
     "STAGES", "TRAIN_STAGES", "BidirConfig", "DataConfig", "EvalConfig", "ExportConfig",
     "FieldDoc", "LauncherConfig", "LoraConfig", "MntpConfig", "Recipe", "SimcseConfig",
     "SupervisedConfig", "TrainConfig", "dump_recipe_yaml", "list_recipes", "load_recipe",
-    "parse_override", "recipe_from_dict", "recipe_to_dict", "schema_fields", "schema_help",
+    "load_recipe_with_origin", "Resolved", "resolve_for_model", "parse_override", "recipe_from_dict", "recipe_to_dict", "schema_fields", "schema_help",
     "validate",
 ]  # fmt: skip

@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 import importlib.resources
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 import yaml
 
@@ -153,6 +153,12 @@ def _resolve(name_or_path: str) -> tuple[str, str, str]:
 
 def load_recipe(name_or_path: str, overrides: Iterable[str] = ()) -> Recipe:
     """Shipped recipe name or YAML path, plus `key.sub=value` overrides -> validated Recipe."""
+    return load_recipe_with_origin(name_or_path, overrides)[0]
+
+
+def load_recipe_with_origin(name_or_path: str, overrides: Iterable[str] = ()) -> tuple[Recipe, Callable]:
+    """`load_recipe`, plus origin(key) -> where that key was set: "recipes/x.yaml:12", "override 'k=v'",
+    or None when neither set it (the schema default). Family defaults use it to name their sources."""
     text, source, default_name = _resolve(str(name_or_path))
     data, lines = _parse_yaml(text, source)
     data.setdefault("name", default_name)
@@ -176,7 +182,14 @@ def load_recipe(name_or_path: str, overrides: Iterable[str] = ()) -> Recipe:
                 return f"{source}:{lines[key]}"
         return source
 
-    return validate(build(Recipe(), data, "", locate), locate)
+    def set_at(path: str) -> str | None:
+        parts = path.split(".")
+        for n in range(len(parts), 0, -1):  # an override of the key or of a section above it
+            if ".".join(parts[:n]) in origin:
+                return origin[".".join(parts[:n])]
+        return f"{source}:{lines[path]}" if path in lines else None
+
+    return validate(build(Recipe(), data, "", locate), locate), set_at
 
 
 def recipe_from_dict(data: dict) -> Recipe:
@@ -223,6 +236,7 @@ __all__ = [
     "dump_recipe_yaml",
     "list_recipes",
     "load_recipe",
+    "load_recipe_with_origin",
     "parse_override",
     "recipe_from_dict",
     "recipe_to_dict",

@@ -15,11 +15,13 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Literal, NamedTuple, Optional, Union
 
 from l2v_cli.errors import L2VError, closest, did_you_mean
+from l2v_cli.stages import registry
+from l2v_cli.utils.dtypes import NAMES as DTYPE_NAMES
 
-STAGES = ("enable-bidir", "train-mntp", "train-simcse", "train-supervised", "export", "eval")
-TRAIN_STAGES = ("train-mntp", "train-simcse", "train-supervised")
+STAGES = registry.NAMES
+TRAIN_STAGES = registry.TRAIN_NAMES
 
-Stage = Literal["enable-bidir", "train-mntp", "train-simcse", "train-supervised", "export", "eval"]
+Stage = Literal[registry.NAMES]  # type: ignore[valid-type]  (the names come from the registry)
 Pooling = Literal["mean", "weighted_mean", "last_token", "eos", "bos"]
 Scheduler = Literal["linear", "cosine", "constant", "constant_with_warmup"]
 DataFormat = Literal["auto", "txt", "jsonl", "csv", "parquet", "hub", "e5", "triplets"]
@@ -33,6 +35,11 @@ def opt(default: Any, help: str, **bounds: float) -> Any:
     if callable(default):
         return field(default_factory=default, metadata=meta)
     return field(default=default, metadata=meta)
+
+
+def _section_help(section: str, text: str) -> str:
+    """Help of a stage's section, led by the stage's name from the registry."""
+    return f"{registry.by_section(section).name}: {text}"
 
 
 # --------------------------------------------------------------------------- shared sections
@@ -88,8 +95,9 @@ class DataConfig:
 
 @dataclass
 class BidirConfig:
-    attn_implementation: Literal["sdpa", "eager", "flash_attention_2", "auto"] = opt(
-        "sdpa", "Attention kernel used with the bidirectional (non-causal) mask."
+    attn_implementation: Literal["auto", "sdpa", "eager", "flash_attention_2"] = opt(
+        "auto", "Attention kernel used with the bidirectional (non-causal) mask; auto = the model family's "
+        "(configs/families.yaml), eager if that one fails the bidirectionality probe."
     )
     verify: bool = opt(True, "Run the bidirectionality probe after patching (fails loudly).")
 
@@ -100,12 +108,16 @@ class MntpConfig:
     max_seq_length: int = opt(512, "Tokens per training sequence.", gt=0)
     mask_token: str = opt(
         "auto",
-        "auto = family default from the model alias; '_' or 'eos' reuse a token; 'mask' adds a "
-        "new mask token; anything else is used as a literal token string.",
+        "auto = the model family's token if it is one token, else the tokenizer's own mask token, '_', a "
+        "reserved/unused special token, EOS, a new <mask> (in that order); '_' or 'eos' reuse a token; "
+        "'mask' adds a new mask token; anything else is used as a literal token string.",
     )
-    mask_probability: float = opt(0.2, "Fraction of tokens masked.", gt=0, lt=1)
-    mask_strategy: Literal["80-10-10", "all"] = opt(
-        "80-10-10", "80-10-10 = BERT-style mask/random/keep; all = always the mask token."
+    mask_probability: Union[float, Literal["auto"]] = opt(
+        "auto", "Fraction of tokens masked; auto = the model family's (0.2; Mistral 0.8, as in the paper).",
+        gt=0, lt=1)
+    mask_strategy: Literal["auto", "80-10-10", "all"] = opt(
+        "auto", "80-10-10 = BERT-style mask/random/keep; all = always the mask token; auto = the model "
+        "family's (80-10-10; Mistral all, as in the paper)."
     )
     lora: LoraConfig = opt(LoraConfig, "LoRA adapter trained in this stage.")
     train: TrainConfig = opt(
@@ -128,6 +140,16 @@ class SimcseConfig:
     group_by_length: bool = opt(
         False, "Batch sentences of similar token length together: far less padding (faster on "
         "CPU), and in-batch negatives of similar length.")
+    min_tokens: int = opt(
+        3, "Drop degenerate sentences before training: fewer than N tokens, or fewer than N words "
+        "once markup (<tags>, {{templates}}, ...) is removed; the count is logged. 0 = keep all.", ge=0)
+    mask_duplicates: bool = opt(
+        True, "Mask in-batch copies of a sentence: an identical text elsewhere in the batch is not "
+        "scored as a negative (it would be a false negative).")
+    view_instruction: Optional[str] = opt(
+        None, "null = plain SimCSE (both views are the bare sentence). An instruction puts the "
+        "second view behind it (attended to, not pooled): the bare sentence's embedding is pulled "
+        "towards the instructed one's, so the model learns to embed text well without a prompt.")
     lora: LoraConfig = opt(LoraConfig, "LoRA adapter trained in this stage.")
     train: TrainConfig = opt(
         lambda: TrainConfig(max_steps=1000, per_device_batch_size=128, learning_rate=3e-5),
@@ -163,7 +185,7 @@ class SupervisedConfig:
 
 @dataclass
 class ExportConfig:
-    dtype: Literal["bfloat16", "float16", "float32"] = opt("bfloat16", "Weight dtype on disk.")
+    dtype: Literal[DTYPE_NAMES] = opt("bfloat16", "Weight dtype on disk.")  # type: ignore[valid-type]
     pooling: Pooling = opt("mean", "Pooling written to the sentence-transformers config.")
     normalize: bool = opt(True, "Add an L2-normalize module (cosine = dot product).")
     max_shard_size: str = opt("5GB", "Largest safetensors shard.")
@@ -187,6 +209,11 @@ class EvalConfig:
     ablation: bool = opt(
         False, "Also score the causal base, the untrained bidirectional model and each training "
         "stage (the paper's ablation table; exports each stage to eval/models/).")
+    protocols: list[Literal["no_prompt", "instruction"]] = opt(
+        lambda: ["no_prompt", "instruction"],
+        "How texts reach the model, one column each: no_prompt (the bare text, as "
+        "SentenceTransformer(path).encode(texts) sends it) and/or instruction (the task's "
+        "instruction on the query side, LLM2Vec / E5).")
 
 
 @dataclass
@@ -209,16 +236,16 @@ class Recipe:
         None, "Model alias (e.g. smollm2-135m), path or hub id; null = give it on the command line."
     )
     seed: int = opt(42, "Global seed.")
-    dtype: Literal["auto", "bfloat16", "float32", "float16"] = opt(
+    dtype: Literal[("auto", *DTYPE_NAMES)] = opt(  # type: ignore[valid-type]
         "auto", "Compute dtype; auto = bfloat16 where the hardware supports it, else float32."
     )
     stages: list[Stage] = opt(list, "Stages to run, in this order: " + " < ".join(STAGES) + ".")
-    bidir: BidirConfig = opt(BidirConfig, "enable-bidir: switch attention to bidirectional.")
-    mntp: MntpConfig = opt(MntpConfig, "train-mntp: masked next-token prediction with LoRA.")
-    simcse: SimcseConfig = opt(SimcseConfig, "train-simcse: unsupervised SimCSE.")
-    supervised: SupervisedConfig = opt(SupervisedConfig, "train-supervised: contrastive.")
-    export: ExportConfig = opt(ExportConfig, "export: sentence-transformers folder.")
-    eval: EvalConfig = opt(EvalConfig, "eval: embedding benchmarks.")
+    bidir: BidirConfig = opt(BidirConfig, _section_help("bidir", "switch attention to bidirectional."))
+    mntp: MntpConfig = opt(MntpConfig, _section_help("mntp", "masked next-token prediction with LoRA."))
+    simcse: SimcseConfig = opt(SimcseConfig, _section_help("simcse", "unsupervised SimCSE."))
+    supervised: SupervisedConfig = opt(SupervisedConfig, _section_help("supervised", "contrastive."))
+    export: ExportConfig = opt(ExportConfig, _section_help("export", "sentence-transformers folder."))
+    eval: EvalConfig = opt(EvalConfig, _section_help("eval", "embedding benchmarks."))
     launcher: LauncherConfig = opt(LauncherConfig, "Multi-process / multi-node launch.")
 
 
@@ -396,14 +423,15 @@ def validate(recipe: Recipe, locate: Locate | None = None) -> Recipe:
             at,
             f"use the order [{', '.join(ordered)}]",
         )
-    if any(s in TRAIN_STAGES for s in stages) and stages[0] != "enable-bidir":
+    first = registry.BIDIR.name
+    if any(s in TRAIN_STAGES for s in stages) and stages[0] != first:
         raise L2VError(
-            "training stages need bidirectional attention first: 'enable-bidir' is missing",
+            f"training stages need bidirectional attention first: '{first}' is missing",
             at,
-            "put 'enable-bidir' first in stages",
+            f"put '{first}' first in stages",
         )
-    for stage in TRAIN_STAGES:
-        section = {"train-mntp": "mntp", "train-simcse": "simcse"}.get(stage, "supervised")
+    for spec in registry.TRAINING:
+        stage, section = spec.name, spec.section
         if stage in stages and not getattr(recipe, section).data.path:
             raise L2VError(
                 f"stage '{stage}' needs training data but {section}.data.path is empty",

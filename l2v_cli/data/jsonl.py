@@ -1,9 +1,11 @@
-"""One strict JSONL parser for every reader of user files (encode input, eval data)."""
+"""One strict JSONL parser for every reader of user files (training text and triplets, encode input,
+eval data): one JSON object per non-blank line; errors name file:line."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Iterable, Iterator
 
 from l2v_cli.errors import L2VError
 
@@ -26,11 +28,9 @@ def _json_type(v) -> str:
             type(None): "null"}.get(type(v), type(v).__name__)
 
 
-def parse_jsonl(lines: list[str], path: Path, keys: dict[str, tuple[type, ...]],
-                optional: dict[str, tuple[type, ...]] | None = None) -> list[tuple[int, dict]]:
-    """(line number, object) for each non-blank line; every key in `keys` present with one of its
-    types, `optional` keys typed when present. Errors name file:line and the key."""
-    rows, optional = [], optional or {}
+def iter_jsonl(lines: Iterable[str], path: Path, fix: str) -> Iterator[tuple[int, dict]]:
+    """(line number, object) for each non-blank line; a line that is not a JSON object is an
+    L2VError naming file:line, with `fix`."""
     for n, line in enumerate(lines, start=1):
         if not line.strip():
             continue
@@ -38,10 +38,18 @@ def parse_jsonl(lines: list[str], path: Path, keys: dict[str, tuple[type, ...]],
             obj = json.loads(line)
         except json.JSONDecodeError as e:
             raise L2VError(f"line {n} is not valid JSON: {e.msg} at column {e.colno}", where=f"{path}:{n}",
-                           fix=f"one JSON object per line with keys {', '.join(keys)}") from None
+                           fix=fix) from None
         if not isinstance(obj, dict):
-            raise L2VError(f"line {n} is a JSON {_json_type(obj)}, not an object", where=f"{path}:{n}",
-                           fix=f"one JSON object per line with keys {', '.join(keys)}")
+            raise L2VError(f"line {n} is a JSON {_json_type(obj)}, not an object", where=f"{path}:{n}", fix=fix)
+        yield n, obj
+
+
+def parse_jsonl(lines: list[str], path: Path, keys: dict[str, tuple[type, ...]],
+                optional: dict[str, tuple[type, ...]] | None = None) -> list[tuple[int, dict]]:
+    """(line number, object) for each non-blank line; every key in `keys` present with one of its
+    types, `optional` keys typed when present. Errors name file:line and the key."""
+    rows, optional = [], optional or {}
+    for n, obj in iter_jsonl(lines, path, f"one JSON object per line with keys {', '.join(keys)}"):
         for k, types in {**keys, **optional}.items():
             if k not in obj:
                 if k in optional:

@@ -8,6 +8,9 @@ position i-1. Labels stay unshifted (the original id at masked positions, -100 e
 
 from __future__ import annotations
 
+import re
+from typing import NamedTuple
+
 import torch
 import torch.nn.functional as F
 
@@ -33,34 +36,80 @@ def _single_token_id(tokenizer, text: str) -> int | None:
     return None
 
 
-def resolve_mask_token(tokenizer, spec: str, alias_default: str | None = None,
-                       key: str = "mntp.mask_token") -> tuple[object, int, bool]:
-    """(tokenizer, mask_token_id, added) for the recipe's `mntp.mask_token`.
+class MaskChoice(NamedTuple):
+    """The MNTP mask token chosen for `mntp.mask_token`, and why."""
 
-    auto -> the model family's default (`alias_default`), else "_" (the paper's "blank" choice);
-    "_" -> the existing "_" token; "eos" -> EOS; "mask" -> a new special "<mask>" token
-    (added=True: the caller must resize the embeddings); anything else -> that literal, which must
-    be one token. The tokenizer is modified in place only for "mask"."""
+    tokenizer: object  # modified in place only when a token was added
+    id: int
+    added: bool  # a new token was added: the caller must resize the embeddings
+    how: str  # e.g. "the family's token '_'", "EOS '</s>' (auto: no earlier choice is one token)"
+
+
+_UNUSED = re.compile(r"reserved|unused", re.IGNORECASE)
+
+
+def _unused_special_token(tokenizer) -> tuple[str, int] | None:
+    """A reserved/unused special token (Llama-3's <|reserved_special_token_0|>, Gemma's <unused0>):
+    in the vocabulary, never produced by tokenising text, free to mean "masked"."""
+    taken = {tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.pad_token_id, tokenizer.unk_token_id}
+    cands = sorted((i, t) for t, i in tokenizer.get_vocab().items()
+                   if _UNUSED.search(t) and i not in taken and i < len(tokenizer))
+    return (cands[0][1], cands[0][0]) if cands else None
+
+
+def _auto_mask_token(tokenizer, family_token: str) -> MaskChoice:
+    """`auto`: the first that works of the family's token, the tokenizer's own mask token, '_', a
+    reserved/unused special token, EOS, and a new <mask> token. Never refuses."""
+    tid = _single_token_id(tokenizer, family_token)
+    if tid is not None:
+        return MaskChoice(tokenizer, tid, False, f"the family's token {family_token!r}")
+    skipped = f"auto: the family's token {family_token!r} is not one token"
+    if tokenizer.mask_token is not None:
+        return MaskChoice(tokenizer, tokenizer.mask_token_id, False,
+                          f"the tokenizer's mask token {tokenizer.mask_token!r} ({skipped})")
+    if family_token != "_":
+        tid = _single_token_id(tokenizer, "_")
+        if tid is not None:
+            return MaskChoice(tokenizer, tid, False, f"'_' ({skipped}, no mask token)")
+    unused = _unused_special_token(tokenizer)
+    if unused is not None:
+        return MaskChoice(tokenizer, unused[1], False,
+                          f"the unused special token {unused[0]!r} ({skipped}, no mask token, no '_')")
+    if tokenizer.eos_token_id is not None:
+        return MaskChoice(tokenizer, tokenizer.eos_token_id, False,
+                          f"EOS {tokenizer.eos_token!r} ({skipped}, no mask token, no '_', no unused special token)")
+    added = tokenizer.add_special_tokens({"mask_token": "<mask>"}) > 0
+    return MaskChoice(tokenizer, tokenizer.mask_token_id, added, f"a new '<mask>' token ({skipped} and nothing else is)")
+
+
+def resolve_mask_token(tokenizer, spec: str, family_token: str = "_", key: str = "mntp.mask_token") -> MaskChoice:
+    """The mask token for the recipe's `mntp.mask_token`.
+
+    auto -> see `_auto_mask_token` (starts with the model family's token, `family_token`);
+    "_" -> the existing "_" token; "eos" -> EOS; "mask" -> the tokenizer's mask token, or a new
+    special "<mask>" token (added=True: the caller must resize the embeddings); anything else ->
+    that literal, which must be one token. The tokenizer is modified in place only when a token is added."""
     if spec == "auto":
-        spec = alias_default or "_"
+        return _auto_mask_token(tokenizer, family_token)
     where = f"key {key}"
     if spec == "eos":
         if tokenizer.eos_token_id is None:
             raise L2VError("the tokenizer has no EOS token to use as the MNTP mask", where,
-                           "set mntp.mask_token to _ or mask")
-        return tokenizer, tokenizer.eos_token_id, False
+                           "set mntp.mask_token to auto, _ or mask")
+        return MaskChoice(tokenizer, tokenizer.eos_token_id, False, f"EOS {tokenizer.eos_token!r}")
     if spec == "mask":
         if tokenizer.mask_token is not None:  # the model already has one: reuse it
-            return tokenizer, tokenizer.mask_token_id, False
+            return MaskChoice(tokenizer, tokenizer.mask_token_id, False,
+                              f"the tokenizer's mask token {tokenizer.mask_token!r}")
         added = tokenizer.add_special_tokens({"mask_token": "<mask>"}) > 0
-        return tokenizer, tokenizer.mask_token_id, added
+        return MaskChoice(tokenizer, tokenizer.mask_token_id, added, "a new '<mask>' token")
     tid = _single_token_id(tokenizer, spec)
     if tid is None:
         pieces = tokenizer.convert_ids_to_tokens(tokenizer.encode(spec, add_special_tokens=False))
         raise L2VError(f"mask token {spec!r} is not a single token for this tokenizer "
                        f"(it splits into {pieces})", where,
-                       "use a single-token string, eos, or mask (adds a new token)")
-    return tokenizer, tid, False
+                       "use auto (picks one that works), a single-token string, eos, or mask (adds a new token)")
+    return MaskChoice(tokenizer, tid, False, f"{spec!r}")
 
 
 # --------------------------------------------------------------------------- masking
@@ -172,7 +221,10 @@ def mntp_loss(hidden_states: torch.Tensor, labels: torch.Tensor, lm_head,
     b, pos, target = mntp_targets(labels)
     if target.numel() == 0:
         return lm_head(hidden_states[:1, 0]).float().sum() * 0.0
-    logits = lm_head(hidden_states[b, pos]).float()
+    # Under mixed precision accelerate returns the model's outputs in float32 while the head's
+    # weights stay in the compute dtype (bf16): feed the head its own dtype.
+    head_dtype = next(lm_head.parameters()).dtype
+    logits = lm_head(hidden_states[b, pos].to(head_dtype)).float()
     if softcap:
         logits = torch.tanh(logits / softcap) * softcap
     return F.cross_entropy(logits, target.to(logits.device))

@@ -109,16 +109,20 @@ def instruction_for(name: str, mapping: dict[str, str]) -> str:
 # --------------------------------------------------------------------------- reading
 
 
-def _triplets(rows, origin: str) -> datasets.Dataset:
-    """Columns query/positive/negative from (where, row) pairs; every row must have all three."""
+def _triplets(rows, origin: str, require_negative: bool = True) -> datasets.Dataset:
+    """Columns query/positive/negative from (where, row) pairs; every row must have all three
+    (without `require_negative`, pairs: a missing negative becomes "")."""
     cols: dict[str, list[str]] = {c: [] for c in COLUMNS}
+    needed = COLUMNS if require_negative else COLUMNS[:2]
     for where, row in rows:
         if "query" not in row and "anchor" in row:
             row["query"] = row["anchor"]
+        if not require_negative and row.get("negative") is None:
+            row["negative"] = ""
         for c in COLUMNS:
             if c not in row:
                 raise L2VError(f"row has no '{c}' (keys: {', '.join(row) or 'none'})", where,
-                               "every row needs query (or anchor), positive and negative")
+                               f"every row needs query (or anchor), {' and '.join(needed[1:])}")
             if not isinstance(row[c], str):
                 raise L2VError(f"'{c}' holds a {type(row[c]).__name__}, not text", where,
                                f"give one string per row for '{c}'")
@@ -128,36 +132,39 @@ def _triplets(rows, origin: str) -> datasets.Dataset:
     return content_dataset(cols)
 
 
-def _read_file(path: Path, fmt: str = "auto") -> datasets.Dataset:
+def _read_file(path: Path, fmt: str = "auto", require_negative: bool = True) -> datasets.Dataset:
     fmt = fmt if fmt in TABLE_FORMATS.values() else TABLE_FORMATS.get(path.suffix.lower())
     if fmt is None:
         raise L2VError(f"unknown triplet file type '{path.suffix}'", str(path),
                        f"use {', '.join(TABLE_FORMATS)} with columns query, positive, negative")
     header = file_columns(path, fmt)
-    if header is not None and _missing(header):  # one error about the header, not one per row
-        raise L2VError(f"{path.name} has no column '{_missing(header)[0]}' (columns: {', '.join(header)})",
-                       str(path), "give columns query (or anchor), positive and negative")
-    return _triplets(iter_records(path, fmt), str(path))
+    if header is not None and _missing(header, require_negative):  # one error about the header
+        raise L2VError(f"{path.name} has no column '{_missing(header, require_negative)[0]}' "
+                       f"(columns: {', '.join(header)})", str(path),
+                       "give columns query (or anchor), positive" + (" and negative" if require_negative else ""))
+    return _triplets(iter_records(path, fmt), str(path), require_negative)
 
 
-def _missing(columns: list[str]) -> list[str]:
+def _missing(columns: list[str], require_negative: bool = True) -> list[str]:
     have = set(columns) | ({"query"} if "anchor" in columns else set())
-    return [c for c in COLUMNS if c not in have]
+    return [c for c in (COLUMNS if require_negative else COLUMNS[:2]) if c not in have]
 
 
-def _read_hub(name: str, cfg: SupervisedConfig, key: str) -> datasets.Dataset:
+def _read_hub(name: str, cfg: SupervisedConfig, key: str, require_negative: bool = True) -> datasets.Dataset:
     ds = load_hub(name, cfg.data.split, f"{key}.data")
-    if _missing(ds.column_names):
-        raise L2VError(f"hub dataset '{name}' has no column '{_missing(ds.column_names)[0]}' "
+    if _missing(ds.column_names, require_negative):
+        raise L2VError(f"hub dataset '{name}' has no column '{_missing(ds.column_names, require_negative)[0]}' "
                        f"(columns: {', '.join(ds.column_names)})", f"key {key}.data.path",
                        "use a triplet dataset with columns (query or anchor), positive, negative")
-    return _triplets(((f"hub dataset '{name}' row {i + 1}", row) for i, row in enumerate(ds)), name)
+    return _triplets(((f"hub dataset '{name}' row {i + 1}", row) for i, row in enumerate(ds)), name,
+                     require_negative)
 
 
-def load_supervised(cfg: SupervisedConfig, key: str = "supervised") -> list[NamedSet]:
+def load_supervised(cfg: SupervisedConfig, key: str = "supervised", require_negative: bool = True) -> list[NamedSet]:
     """The named triplet sets of `cfg.data.path` (E5 directory, triplet file(s) or hub name).
 
-    `data.max_samples` caps each set. Instructions: see `_instructions`; a set without one gets ""."""
+    `data.max_samples` caps each set. Instructions: see `_instructions`; a set without one gets "".
+    `require_negative=False` reads (query, positive) pairs too (negative "" where absent), for mining."""
     data = cfg.data
     paths = data.path if isinstance(data.path, list) else [data.path] if data.path else []
     if not paths:
@@ -167,7 +174,7 @@ def load_supervised(cfg: SupervisedConfig, key: str = "supervised") -> list[Name
     for name in paths:
         local = resolve_data_path(name)
         if data.format == "hub" or (not local.exists() and not looks_local(name)):
-            found.append((name.split("/")[-1].split(":")[0], _read_hub(name, cfg, key), None))
+            found.append((name.split("/")[-1].split(":")[0], _read_hub(name, cfg, key, require_negative), None))
         elif not local.exists():
             raise missing_path_error(name, f"{key}.data")
         elif local.is_dir():
@@ -175,9 +182,9 @@ def load_supervised(cfg: SupervisedConfig, key: str = "supervised") -> list[Name
             if not files:
                 raise L2VError(f"no {'/'.join(TABLE_FORMATS)} files in {local}", str(local),
                                "an E5 directory holds one <dataset>.jsonl per dataset")
-            found += [(f.stem, _read_file(f), local) for f in files]
+            found += [(f.stem, _read_file(f, require_negative=require_negative), local) for f in files]
         else:
-            found.append((local.stem, _read_file(local, data.format), None))
+            found.append((local.stem, _read_file(local, data.format, require_negative), None))
     seen = set()
     for name, _, _ in found:
         if name in seen:

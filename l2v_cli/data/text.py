@@ -11,6 +11,7 @@ tokenisation cache is keyed on what the text *is*, not on where or when it was r
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import hashlib
 import io
@@ -23,6 +24,7 @@ import datasets
 from datasets.table import InMemoryTable
 
 from l2v_cli.config.schema import DataConfig
+from l2v_cli.data.jsonl import iter_jsonl
 from l2v_cli.errors import L2VError
 from l2v_cli.utils.paths import resolve_data_path, shipped_data_dir
 
@@ -56,17 +58,7 @@ def iter_records(path: Path, fmt: str, columns: list[str] | None = None) -> Iter
     """(where, row) for each row of a jsonl/csv/parquet file; `where` is "file:line" (or row).
     `columns` limits what parquet reads (a column store need not load the rest)."""
     if fmt == "jsonl":
-        for n, line in enumerate(_lines(path), 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise L2VError(f"line {n} of {path.name} is not valid JSON ({e.msg})", f"{path}:{n}",
-                               "write one JSON object per line (jsonl)") from None
-            if not isinstance(row, dict):
-                raise L2VError(f"line {n} of {path.name} is a JSON {type(row).__name__}, not an object",
-                               f"{path}:{n}", 'write one object per line, e.g. {"text": "..."}')
+        for n, row in iter_jsonl(_lines(path), path, 'write one JSON object per line, e.g. {"text": "..."}'):
             yield f"{path}:{n}", row
     elif fmt == "csv":
         csv.field_size_limit(sys.maxsize)  # paragraphs can exceed the 128 KiB default
@@ -219,6 +211,21 @@ def _read_hub(name: str, split: str, column: str, key: str) -> list[str]:
 # --------------------------------------------------------------------------- load_texts
 
 
+def content_key(ds: datasets.Dataset) -> str:
+    """A hash of what a Dataset holds — its length, column names and Arrow buffers, read through the
+    public `Dataset.data` table — for cache keys: equal content built the same way gives the same
+    key in every run."""
+    h = hashlib.sha256(str(len(ds)).encode())
+    table = ds.data.table
+    for name in table.column_names:
+        h.update(f"\x00{name}\x00".encode())
+        for chunk in table.column(name).chunks:
+            for buf in chunk.buffers():
+                if buf is not None:
+                    h.update(memoryview(buf))
+    return h.hexdigest()[:32]
+
+
 def content_dataset(columns: dict[str, list]) -> datasets.Dataset:
     """An in-memory Dataset whose fingerprint is a hash of its content (stable across runs)."""
     h = hashlib.sha256()
@@ -280,6 +287,19 @@ def default_cache_dir() -> Path:
     return cache_root() / "tokenized"
 
 
+@contextlib.contextmanager
+def quiet_datasets():
+    """No progress bars from datasets' own `map` ("Tokenizing: 0%|...") while l2v shows its own
+    progress; the setting the caller had is restored afterwards."""
+    was = datasets.is_progress_bar_enabled()
+    datasets.disable_progress_bars()
+    try:
+        yield
+    finally:
+        if was:
+            datasets.enable_progress_bars()
+
+
 TOKEN_FEATURES = datasets.Features({"input_ids": datasets.List(datasets.Value("int32"))})  # 1/2 of int64
 
 
@@ -291,7 +311,7 @@ def tokenize_texts(ds: datasets.Dataset, tokenizer, max_length: int | None,
     The result is written to `cache_dir/tokens-<key>.arrow`, key = (tokenizer, max_length, data
     fingerprint), and a second call with the same key loads it without tokenising. In distributed
     runs call it on the main process first (the others then hit the cache)."""
-    key = _hash(tokenizer_fingerprint(tokenizer), max_length, ds._fingerprint)
+    key = _hash(tokenizer_fingerprint(tokenizer), max_length, content_key(ds))
     cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
     cache_dir.mkdir(parents=True, exist_ok=True)
 
@@ -300,9 +320,10 @@ def tokenize_texts(ds: datasets.Dataset, tokenizer, max_length: int | None,
                         verbose=False)  # verbose=False: no "longer than model_max_length" warning
         return {"input_ids": enc["input_ids"]}
 
-    return ds.map(tokenize, batched=True, remove_columns=ds.column_names, features=TOKEN_FEATURES,
-                  cache_file_name=str(cache_dir / f"tokens-{key}.arrow"), load_from_cache_file=True,
-                  new_fingerprint=key, num_proc=num_proc, desc="Tokenizing")
+    with quiet_datasets():
+        return ds.map(tokenize, batched=True, remove_columns=ds.column_names, features=TOKEN_FEATURES,
+                      cache_file_name=str(cache_dir / f"tokens-{key}.arrow"), load_from_cache_file=True,
+                      new_fingerprint=key, num_proc=num_proc)
 
 
 def group_texts(ds: datasets.Dataset, block_size: int, eos_id: int | None) -> datasets.Dataset:
@@ -319,11 +340,12 @@ def group_texts(ds: datasets.Dataset, block_size: int, eos_id: int | None) -> da
         n = len(flat) // block_size * block_size
         return {"input_ids": [flat[i:i + block_size] for i in range(0, n, block_size)]}
 
-    key = _hash(ds._fingerprint, "group", block_size, eos_id)
+    key = _hash(content_key(ds), "group", block_size, eos_id)
     cached = ds.cache_files  # next to the tokenised file when there is one; else in memory
     name = str(Path(cached[0]["filename"]).with_name(f"blocks-{key}.arrow")) if cached else None
-    out = ds.map(group, batched=True, batch_size=1000, remove_columns=ds.column_names,
-                 features=TOKEN_FEATURES, cache_file_name=name, new_fingerprint=key, desc="Grouping")
+    with quiet_datasets():
+        out = ds.map(group, batched=True, batch_size=1000, remove_columns=ds.column_names,
+                     features=TOKEN_FEATURES, cache_file_name=name, new_fingerprint=key)
     if len(out) == 0:
         raise L2VError(f"the data is shorter than one block of {block_size} tokens",
                        f"block_size {block_size}", "use more data or a smaller max_seq_length")

@@ -10,20 +10,17 @@ anything heavy; `Encoder` and `pool` are imported on first use.
 
 from __future__ import annotations
 
-# The one list of pooling methods (validated by the CLI before torch is imported).
-POOLING_METHODS: tuple[str, ...] = ("mean", "weighted_mean", "last_token", "eos", "bos")
+from l2v_cli.encoding.methods import POOLING_METHODS, check_pooling
 
-__all__ = ["POOLING_METHODS", "Encoder", "pool", "check_pooling"]
+__all__ = ["POOLING_METHODS", "Encoder", "pool", "check_pooling", "as_prefix"]
 
 
-def check_pooling(method: str) -> str:
-    """Return `method` if it is a known pooling method, else raise a one-line L2VError with a suggestion."""
-    if method not in POOLING_METHODS:
-        from l2v_cli.errors import L2VError, did_you_mean
-
-        raise L2VError(f"unknown pooling method {method!r}", where="--pooling",
-                       fix=did_you_mean(method, POOLING_METHODS))
-    return method
+def as_prefix(instruction: str | None) -> str | None:
+    """'Do X' -> 'Do X: ', the instruction as the Encoder's prefix (attended to, not pooled): the
+    one spelling used by evaluation, supervised training and mining."""
+    if not instruction:
+        return None
+    return instruction.strip().rstrip(".:").rstrip() + ": "
 
 
 def __getattr__(name: str):

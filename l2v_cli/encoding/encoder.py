@@ -48,7 +48,7 @@ from typing import Iterable, Sequence
 import numpy as np
 import torch
 
-from l2v_cli.encoding import POOLING_METHODS, check_pooling
+from l2v_cli.encoding.methods import POOLING_METHODS, check_pooling
 from l2v_cli.encoding.pooling import pool
 from l2v_cli.errors import L2VError
 

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import torch
 
-from l2v_cli.encoding import POOLING_METHODS, check_pooling
+from l2v_cli.encoding.methods import POOLING_METHODS, check_pooling
 
 __all__ = ["POOLING_METHODS", "pool", "mean_pool", "weighted_mean_pool", "last_token_pool",
            "first_token_pool", "pool_weights"]

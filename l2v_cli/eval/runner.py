@@ -2,7 +2,7 @@
 
     from l2v_cli.eval import evaluate
     res = evaluate("smollm2-135m", "stsb,banking77", bidirectional=False)
-    res["tasks"]["stsb"]["spearman"]
+    res["tasks"]["stsb"]["no_prompt"]["spearman"]     # also ["instruction"]
 
 MODEL may carry its attention mode as a suffix: `MODEL@causal` or `MODEL@bidirectional`
 (`@bidir`), so a comparison of one checkpoint in both modes is two plain specs. Also here: the
@@ -23,7 +23,7 @@ import numpy as np
 
 from l2v_cli.errors import L2VError
 from l2v_cli.eval.cache import CachedEncoder
-from l2v_cli.eval.tasks import MTEB_INSTRUCTIONS, Task, as_prefix, parse_tasks
+from l2v_cli.eval.tasks import MTEB_INSTRUCTIONS, Task, as_prefix, column, parse_protocols, parse_tasks
 
 MODE_SUFFIXES = {"@causal": False, "@bidirectional": True, "@bidir": True}
 
@@ -48,7 +48,8 @@ def mode_name(bidirectional: bool) -> str:
 
 def evaluate(model, tasks: str | Sequence[str | Task] | None = None, *, pooling: str = "mean", dtype: str = "auto",
              batch_size: int = 32, max_length: int = 512, bidirectional: bool | None = None,
-             instructions: bool = True, cache: bool = True, limit: int | None = None, seed: int = 42,
+             protocols: str | Sequence[str] | None = None, cache: bool = True, limit: int | None = None,
+             seed: int = 42,
              attn_implementation: str = "sdpa", trust_remote_code: bool = False, show_progress: bool = False,
              on_task: Callable[[str, dict], None] | None = None,
              on_start: Callable[[str], None] | None = None) -> dict:
@@ -56,15 +57,20 @@ def evaluate(model, tasks: str | Sequence[str | Task] | None = None, *, pooling:
     shipped ones). Returns
 
         {"model": label, "spec", "path", "settings": {...}, "load_s",
-         "tasks": {name: {<metric>: value, ..., "main_metric", "n", "time_s", "encoded", "cached"}}}
+         "tasks": {name: {protocol: {<metric>: value, ..., "main_metric", "n", "time_s",
+                                     "encoded", "cached", "instruction"}}}}
 
-    Metrics are ×100. `encoded`/`cached` count texts run through the model / read from the cache.
+    `protocols` (see `parse_protocols`; None = both): "no_prompt" runs every text bare, as
+    `SentenceTransformer(path).encode(texts)` does; "instruction" puts the task's instruction on
+    the query side (the LLM2Vec / E5 protocol). Metrics are ×100. `encoded`/`cached` count texts
+    run through the model / read from the cache.
     With a loaded Encoder, pooling/dtype/max_length/bidirectional are the Encoder's own (passing
     `bidirectional` is then an error). Task data is checked before the model is loaded.
     `on_start(task)` / `on_task(task, result)` are called around each task (progress display).
     """
     explicit_none = isinstance(tasks, (list, tuple)) and not tasks  # [] = no tasks (e.g. only --mteb)
-    task_list = [] if explicit_none else parse_tasks(tasks, instructions=instructions, limit=limit, seed=seed)
+    task_list = [] if explicit_none else parse_tasks(tasks, limit=limit, seed=seed)
+    protocols = parse_protocols(protocols)
     for t in task_list:
         if not t.loaded:
             t.load()
@@ -83,26 +89,34 @@ def evaluate(model, tasks: str | Sequence[str | Task] | None = None, *, pooling:
     wrapped = CachedEncoder(enc, cache=cache, batch_size=batch_size, show_progress=show_progress)
     st = wrapped.settings
     settings = {"pooling": st["pooling"], "dtype": st["dtype"], "max_length": st["max_length"],
-                "attention": mode_name(st["bidirectional"]), "instructions": instructions,
+                "attention": mode_name(st["bidirectional"]), "protocols": list(protocols),
                 "batch_size": batch_size, "limit": limit, "seed": seed,
                 "cache": wrapped.store is not None}
     result = {"model": f"{spec} ({settings['attention']})", "spec": spec,
               "path": str(getattr(enc, "path", "") or ""), "settings": settings, "load_s": round(load_s, 2),
               "tasks": {}}
-    for t in task_list:
-        if on_start:
-            on_start(t.name)
-        enc_before, cached_before = wrapped.encoded, wrapped.cached
-        t1 = time.perf_counter()
-        r = t.run(wrapped)
-        r = {k: (float(v) if isinstance(v, (float, np.floating)) else v) for k, v in r.items()}
-        r.update(main_metric=t.main_metric, kind=t.kind, instruction=t.instruction,
-                 time_s=round(time.perf_counter() - t1, 2), encoded=wrapped.encoded - enc_before,
-                 cached=wrapped.cached - cached_before)
-        result["tasks"][t.name] = r
-        if on_task:
-            on_task(t.name, r)
+    for task in task_list:
+        for protocol in protocols:
+            t, label = task.under(protocol), column(task.name, protocol)
+            if on_start:
+                on_start(label)
+            enc_before, cached_before = wrapped.encoded, wrapped.cached
+            t1 = time.perf_counter()
+            r = t.run(wrapped)
+            r = {k: (float(v) if isinstance(v, (float, np.floating)) else v) for k, v in r.items()}
+            r.update(main_metric=t.main_metric, kind=t.kind, instruction=t.instruction,
+                     time_s=round(time.perf_counter() - t1, 2), encoded=wrapped.encoded - enc_before,
+                     cached=wrapped.cached - cached_before)
+            result["tasks"].setdefault(task.name, {})[protocol] = r
+            if on_task:
+                on_task(label, r)
     return result
+
+
+def columns(result: dict) -> dict[str, dict]:
+    """{'task (protocol)': one task result under one protocol} of an evaluate() result, in order."""
+    return {column(name, protocol): r for name, by_protocol in result["tasks"].items()
+            for protocol, r in by_protocol.items()}
 
 
 def is_encoder(obj) -> bool:
@@ -141,8 +155,8 @@ def _quiet_transformers() -> None:
 
 
 def main_scores(result: dict) -> dict[str, float]:
-    """{task: main metric value} of one evaluate() result."""
-    return {name: r.get(r.get("main_metric", ""), float("nan")) for name, r in result["tasks"].items()}
+    """{'task (protocol)': main metric value} of one evaluate() result."""
+    return {col: r.get(r.get("main_metric", ""), float("nan")) for col, r in columns(result).items()}
 
 
 def numeric_metrics(task_result: dict) -> dict[str, float]:
@@ -152,10 +166,10 @@ def numeric_metrics(task_result: dict) -> dict[str, float]:
 
 
 def compare(a: dict, b: dict) -> dict[str, dict[str, float]]:
-    """Δ = a − b for every metric both results have, per task."""
-    out = {}
-    for name, ra in a["tasks"].items():
-        rb = b["tasks"].get(name)
+    """Δ = a − b for every metric both results have, per 'task (protocol)' column."""
+    out, cols_b = {}, columns(b)
+    for name, ra in columns(a).items():
+        rb = cols_b.get(name)
         if rb is None:
             continue
         ma, mb = numeric_metrics(ra), numeric_metrics(rb)

@@ -18,6 +18,7 @@ Protocols (MTEB's, where MTEB has the task) are documented per class and in docs
 
 from __future__ import annotations
 
+import copy
 import random
 from collections import defaultdict
 from pathlib import Path
@@ -26,6 +27,7 @@ from typing import Sequence
 import numpy as np
 
 from l2v_cli.data.jsonl import parse_jsonl
+from l2v_cli.encoding import as_prefix
 from l2v_cli.errors import L2VError, did_you_mean
 from l2v_cli.eval import metrics
 
@@ -68,11 +70,40 @@ MTEB_INSTRUCTIONS = {
 }
 
 
-def as_prefix(instruction: str | None) -> str | None:
-    """'Do X' -> 'Do X: ' (the Encoder attends to it but does not pool it)."""
-    if not instruction:
-        return None
-    return instruction.strip().rstrip(".:").rstrip() + ": "
+
+
+# --------------------------------------------------------------------------- protocols
+# How texts reach the model. "no_prompt" is how users call an exported model
+# (`SentenceTransformer(path).encode(texts)`: the bare text); "instruction" is the LLM2Vec / E5
+# evaluation protocol (the task's instruction before the query side). Every table shows both.
+PROTOCOLS = {"no_prompt": "no prompt", "instruction": "instruction"}
+_PROTOCOL_ALIASES = {"no-prompt": "no_prompt", "none": "no_prompt", "plain": "no_prompt",
+                     "instructions": "instruction", "instructed": "instruction"}
+
+
+def parse_protocols(spec: str | Sequence[str] | None) -> tuple[str, ...]:
+    """'both' (or None) -> both; otherwise comma-separated names (no_prompt / no-prompt,
+    instruction), in PROTOCOLS order."""
+    if spec is None:
+        return tuple(PROTOCOLS)
+    items = [x.strip() for x in (spec.split(",") if isinstance(spec, str) else spec) if x.strip()]
+    if items == ["both"]:
+        return tuple(PROTOCOLS)
+    names = []
+    for item in items:
+        name = _PROTOCOL_ALIASES.get(item, item)
+        if name not in PROTOCOLS:
+            raise L2VError(f"unknown protocol {item!r}", where="--protocol",
+                           fix=did_you_mean(item, ["both", "no-prompt", "instruction"]))
+        names.append(name)
+    if not names:
+        raise L2VError("no protocol given", where="--protocol", fix="use both, no-prompt or instruction")
+    return tuple(p for p in PROTOCOLS if p in names)
+
+
+def column(task: str, protocol: str) -> str:
+    """The label of one (task, protocol) score in tables and flat score maps: 'stsb (no prompt)'."""
+    return f"{task} ({PROTOCOLS[protocol]})"
 
 
 # --------------------------------------------------------------------------- data files
@@ -161,6 +192,15 @@ class Task:
     @property
     def prefix(self) -> str | None:
         return as_prefix(self.instruction)
+
+    def under(self, protocol: str) -> "Task":
+        """This (loaded) task as run under `protocol`: the same data, without its instruction for
+        "no_prompt"."""
+        if protocol == "instruction" or self.instruction is None:
+            return self
+        bare = copy.copy(self)
+        bare.instruction = None
+        return bare
 
     def load(self) -> "Task":
         raise NotImplementedError

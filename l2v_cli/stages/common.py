@@ -129,3 +129,66 @@ def write_config(out: Path, recipe, input_model=None) -> None:
         if input_model is not None:
             p = Path(input_model)
             (out / "input.json").write_text(json.dumps({"input": str(p.resolve()) if p.exists() else str(input_model)}))
+
+
+def note(msg: str) -> None:
+    """One line on stderr from the main process (every rank would repeat it)."""
+    if is_main_process():
+        import sys
+
+        print(f"l2v: {msg}", file=sys.stderr, flush=True)
+
+
+def resolve_stage_recipe(recipe, input_model, provenance: dict | None, section: str):
+    """The recipe with the model family's values for its `auto` settings, and the record of where
+    each came from. `provenance` is what the caller resolved (convert, the CLI: it knows recipe
+    lines and overrides); without it the stage resolves and says so itself — the notes about its
+    own section and the attention kernel."""
+    from l2v_cli.config.resolve import resolve_for_model
+
+    resolved = resolve_for_model(recipe, input_model)
+    if provenance is None:
+        provenance = resolved.provenance()
+        for n in resolved.notes:
+            if n.startswith(("model family:", f"{section}.", "bidir.")):
+                note(f"note: {n}")
+    return resolved, provenance
+
+
+def has_tokenizer(p: Path) -> bool:
+    return (Path(p) / "tokenizer_config.json").exists() or (Path(p) / "tokenizer.json").exists()
+
+
+def chain_tokenizer_dir(chain: Chain) -> Path:
+    """Where the chain's tokenizer is: the newest adapter saved with one (a stage that added a token
+    saved the grown tokenizer), else the base model."""
+    for a in reversed(chain.adapters):
+        if has_tokenizer(Path(a)):
+            return Path(a)
+    return Path(chain.base_model)
+
+
+def load_training_model(recipe, chain: Chain, lm_head: bool):
+    """Load the chain's base, make it bidirectional (verified), merge earlier adapters (one merge
+    path: `training.lora.merge_adapters`); the tokenizer is the chain's (`chain_tokenizer_dir`)."""
+    from l2v_cli.modeling.loading import load_model, load_tokenizer
+    from l2v_cli.training.lora import merge_adapters
+    from l2v_cli.utils.device import resolve_dtype
+
+    dtype = resolve_dtype(recipe.dtype)
+    # Frozen base weights in the compute dtype (bf16 halves memory); LoRA weights stay fp32 (peft).
+    loaded = load_model(chain.base_model, dtype=str(dtype).replace("torch.", ""),
+                        attn_implementation=recipe.bidir.attn_implementation, bidirectional=True,
+                        verify=recipe.bidir.verify, lm_head=lm_head)
+    model = merge_adapters(loaded.model, chain.adapters)
+    tok_dir = chain_tokenizer_dir(chain)
+    if chain.adapters and tok_dir != Path(chain.base_model):
+        loaded.tokenizer = load_tokenizer(tok_dir)
+    return model, loaded, dtype
+
+
+def stage_config(recipe, section: str) -> dict:
+    from l2v_cli.config import recipe_to_dict
+
+    d = recipe_to_dict(recipe)
+    return {"section": section, **d[section], "bidir": d["bidir"], "dtype": d["dtype"], "seed": d["seed"]}

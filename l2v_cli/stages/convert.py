@@ -21,13 +21,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from l2v_cli.errors import L2VError
+from l2v_cli.stages import registry
 from l2v_cli.stages.report import peak_rss_mb
+from l2v_cli.stages.worker import check_run_folder, run_stage_command, worker_argv
 from l2v_cli.utils.perf import matmul_gflops
 
 DONE = "DONE.json"
-TRAIN = ("train-mntp", "train-simcse", "train-supervised")
-SECTION = {"enable-bidir": "bidir", "train-mntp": "mntp", "train-simcse": "simcse",
-           "train-supervised": "supervised", "export": "export", "eval": "eval"}
 
 
 @dataclass
@@ -53,36 +52,31 @@ def stage_config_hash(recipe, stage: str) -> str:
     from l2v_cli.config import recipe_to_dict
 
     d = recipe_to_dict(recipe)
-    relevant = {"section": d[SECTION[stage]], "dtype": d["dtype"], "seed": d["seed"]}
-    if stage != "enable-bidir":
+    spec = registry.get(stage)
+    relevant = {"section": d[spec.section], "dtype": d["dtype"], "seed": d["seed"]}
+    if spec is not registry.BIDIR:
         relevant["bidir"] = d["bidir"]
-    if stage in TRAIN:  # checkpointing cadence does not change the weights
+    if spec.trains:  # checkpointing cadence does not change the weights
         relevant["section"] = {**relevant["section"],
                                "train": {k: v for k, v in relevant["section"]["train"].items()
                                          if k not in ("save_steps", "save_total_limit", "logging_steps")}}
     return _sha(json.dumps(relevant, sort_keys=True, default=str))
 
 
-def folder_name(i: int, stage: str) -> str:
-    return "final" if stage == "export" else f"{i:02d}_{stage}"
-
-
 def plan(recipe, model: str, out: Path) -> list[PlannedStage]:
     """Decide what each stage will do, from what is on disk."""
     stages, prev_hash, prev_folder = [], _sha(f"model:{model}"), model
     for i, name in enumerate(recipe.stages, start=1):
-        if name == "eval":
-            folder = out / "eval"
-        else:
-            folder = out / folder_name(i, name)
+        spec = registry.get(name)
+        folder = out / spec.folder_name(i)
         st = PlannedStage(name, folder, stage_config_hash(recipe, name), prev_hash, input=str(prev_folder))
         marker = folder / DONE
         if marker.exists():
             st.status = "done" if json.loads(marker.read_text()).get("hash") == st.hash else "changed"
-        elif name in TRAIN and any(folder.glob("step-*")):
+        elif spec.trains and any(folder.glob("step-*")):
             st.status = "resume"
         stages.append(st)
-        if name != "eval":
+        if spec.feeds_next:
             prev_hash, prev_folder = st.hash, folder
     # Everything after a changed or re-run stage must run again.
     stale = False
@@ -94,26 +88,34 @@ def plan(recipe, model: str, out: Path) -> list[PlannedStage]:
     return stages
 
 
-def mark_done(st: PlannedStage, seconds: float | None = None) -> None:
+def mark_done(st: PlannedStage, seconds: float | None = None, resolved: dict | None = None) -> None:
     tmp = st.folder / (DONE + ".tmp")
     tmp.write_text(json.dumps({"stage": st.name, "hash": st.hash, "config_hash": st.config_hash,
                                "input_hash": st.input_hash, "seconds": seconds and round(seconds, 1),
-                               "peak_rss_mb": peak_rss_mb()}, indent=1))
+                               "peak_rss_mb": peak_rss_mb(), "resolved": resolved}, indent=1))
     os.replace(tmp, st.folder / DONE)
 
 
 def convert(model: str, recipe, out: str | Path, *, force: bool = False, launch: dict | None = None,
-            dry_run: bool = False, echo=print) -> Path:
-    """Run (or plan) the whole chain. `launch` holds the launcher options of `run_stage_command`."""
-    from l2v_cli.cli.train_cmd import run_stage_command, worker_argv
+            dry_run: bool = False, echo=print, origin=None) -> Path:
+    """Run (or plan) the whole chain. `launch` holds the launcher options of `run_stage_command`;
+    `origin` (from `load_recipe_with_origin`) lets the record name the recipe line or override
+    behind each family-dependent value. `auto` values get the model family's (config/resolve.py)."""
+    from l2v_cli.config.resolve import resolve_for_model
 
     out = Path(out).absolute()
+    resolved = resolve_for_model(recipe, model, origin)
+    recipe, provenance = resolved.recipe, resolved.provenance()
     stages = plan(recipe, model, out)
     changed = [s for s in stages if s.status == "changed" and (s.folder / DONE).exists()]
+    if dry_run:
+        echo(resolved.table(model))
+    for n in [] if dry_run else resolved.notes:
+        echo(f"l2v: note: {n}")
     echo(render_plan(stages))
     if dry_run:
         for st in stages:
-            if st.name in TRAIN and st.status != "done":
+            if registry.get(st.name).trains and st.status != "done":
                 echo(f"{st.name}: $ {worker_argv(st.name, st.input, st.folder, recipe, launch or {})}")
         return out
     if changed and not force:
@@ -130,10 +132,10 @@ def convert(model: str, recipe, out: str | Path, *, force: bool = False, launch:
         if st.status == "changed" and st.folder.exists():
             shutil.rmtree(st.folder)
         t0 = time.perf_counter()
-        run_one(st, recipe, launch or {}, run_stage_command, stages=stages, model=model, echo=echo)
-        mark_done(st, time.perf_counter() - t0)
+        run_one(st, recipe, launch or {}, stages=stages, model=model, echo=echo, provenance=provenance)
+        mark_done(st, time.perf_counter() - t0, provenance)
     summarize(recipe, stages, model, peak)
-    return out / "final"
+    return out / registry.EXPORT.folder
 
 
 def _compute_dtype(recipe) -> str:
@@ -152,21 +154,11 @@ def summarize(recipe, stages, model: str, peak_gflops: float | None) -> None:
     console = Console(stderr=True)
     rows = report.stage_rows(stages, recipe, model, peak_gflops)
     report.render(rows, peak_gflops, _compute_dtype(recipe), console)
-    ev = next((s.folder for s in stages if s.name == "eval"), None)
+    ev = next((s.folder for s in stages if s.name == registry.EVAL.name), None)
     for name in ("ablation.json", "table.json"):
         if ev is not None and (ev / name).exists():
             render_table(json.loads((ev / name).read_text()), console)
             break
-
-
-def check_run_folder(out: Path, where: str = "-o") -> None:
-    """OUT must be (or become) a folder: neither it nor any parent may be a file."""
-    out = Path(out)
-    blocker = next((p for p in [out, *out.parents] if p.exists()), None)
-    if blocker is not None and not blocker.is_dir():
-        what = f"{out} exists and is a file" if blocker == out else f"{blocker} (a parent of {out}) is a file"
-        raise L2VError(f"cannot use {out} as the run folder: {what}", where=where,
-                       fix="choose another -o (a folder path)")
 
 
 def check_stage_data(recipe, stage: str) -> None:
@@ -174,7 +166,7 @@ def check_stage_data(recipe, stage: str) -> None:
     from l2v_cli.data.text import looks_local, missing_path_error
     from l2v_cli.utils.paths import resolve_data_path
 
-    section = SECTION[stage]
+    section = registry.get(stage).section
     data = getattr(recipe, section).data
     for name in (data.path if isinstance(data.path, list) else [data.path] if data.path else []):
         if data.format != "hub" and looks_local(name) and not resolve_data_path(name).exists():
@@ -184,43 +176,32 @@ def check_stage_data(recipe, stage: str) -> None:
 def preflight(recipe, out: Path, stages: list[str], launch: dict) -> None:
     """Cheap checks of what the stages to run need, before the first one writes anything."""
     check_run_folder(out)
-    train = [s for s in stages if s in TRAIN]
+    train = [s for s in stages if registry.get(s).trains]
     if train:
         from l2v_cli import launch as L
-        from l2v_cli.cli.train_cmd import launch_spec
 
-        L.check_launch(launch_spec(recipe, **launch))
+        L.check_launch(L.launch_spec(recipe, **launch))
     for name in train:
         check_stage_data(recipe, name)
-    if "eval" in stages:
+    if registry.EVAL.name in stages:
         from l2v_cli.stages.evaluate import eval_tasks
 
         eval_tasks(recipe.eval)  # unknown task names / limits fail now, not after training
 
 
-def run_one(st: PlannedStage, recipe, launch: dict, run_stage_command, *, stages=(), model: str = "",
-            echo=print) -> None:
-    if st.name == "enable-bidir":
-        from l2v_cli.stages.enable_bidir import enable_bidir
+def run_one(st: PlannedStage, recipe, launch: dict, *, stages=(), model: str = "", echo=print,
+            provenance: dict | None = None) -> None:
+    """Run one planned stage: training stages through the worker (maybe under a launcher), the
+    others in this process."""
+    from l2v_cli.stages.common import STAGE_FILE
 
-        if st.folder.exists() and not (st.folder / DONE).exists():
-            shutil.rmtree(st.folder)  # an enable-bidir folder is written atomically; no partial one
-        enable_bidir(st.input, st.folder, attn_implementation=recipe.bidir.attn_implementation,
-                     verify=recipe.bidir.verify)
-    elif st.name in TRAIN:
-        from l2v_cli.stages.common import STAGE_FILE
-
+    spec = registry.get(st.name)
+    if spec.trains:
         if (st.folder / STAGE_FILE).exists():  # finished, but killed before DONE was written
             return
-        run_stage_command(st.name, st.input, st.folder, "", [], recipe=recipe, resume=True, **launch)
-    elif st.name == "export":
-        from l2v_cli.stages.export import export_from_recipe
-
-        export_from_recipe(recipe, st.input, st.folder, overwrite=True)
-    elif st.name == "eval":
-        from l2v_cli.stages.evaluate import run_eval_stage
-
-        run_eval_stage(recipe, stages, st.folder, Path(st.input), model, echo)
+        run_stage_command(st.name, st.input, st.folder, recipe, resume=True, provenance=provenance, **launch)
+        return
+    spec.function()(recipe, st.input, st.folder, registry.RunContext(model=model, stages=tuple(stages), echo=echo))
 
 
 def render_plan(stages: list[PlannedStage]) -> str:

@@ -26,16 +26,21 @@ from __future__ import annotations
 import datetime as _dt
 import gc
 import json
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
 from l2v_cli.errors import L2VError, did_you_mean
+from l2v_cli.stages import registry
+from l2v_cli.utils.dtypes import NAMES as DTYPE_NAMES
+from l2v_cli.utils.dtypes import canonical
 
-ATTN_CHOICES = ("sdpa", "eager", "flash_attention_2", "auto")
-DTYPE_CHOICES = ("original", "float32", "bfloat16", "float16")
-_DTYPE_ALIASES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16", "auto": "original"}
+STAGE = registry.of_module(__name__)
+
+ATTN_CHOICES = ("auto", "sdpa", "eager", "flash_attention_2")
+DTYPE_CHOICES = ("original", *DTYPE_NAMES)
 
 
 @dataclass
@@ -85,7 +90,7 @@ def source_dtype(folder: Path) -> str:
         name = cfg_part.get("dtype") or cfg_part.get("torch_dtype")
         if isinstance(name, str):
             name = name.replace("torch.", "")
-            if name in DTYPE_CHOICES[1:]:
+            if name in DTYPE_NAMES:
                 return name
     return "float32"
 
@@ -97,37 +102,67 @@ def _update_config_json(folder: Path, **entries) -> None:
     path.write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
 
 
-def enable_bidir(model_spec: str | Path, out: str | Path, *, attn_implementation: str = "sdpa",
+def enable_bidir(model_spec: str | Path, out: str | Path, *, attn_implementation: str = "auto",
                  verify: bool = True, dtype: str = "original", overwrite: bool = False,
                  trust_remote_code: bool = False, allow_pickle: bool = False) -> EnableBidirReport:
     """Write a bidirectional copy of `model_spec` to `out` (see the module doc); L2VError on failure."""
     out = Path(out).expanduser().absolute()
     _check_choice(attn_implementation, ATTN_CHOICES, "--attn-implementation")
-    dtype = _DTYPE_ALIASES.get(dtype, dtype)
-    _check_choice(dtype, DTYPE_CHOICES, "--dtype")
+    dtype = canonical("original" if dtype == "auto" else dtype, extra=("original",))
     # Cheap checks before the (possibly long) load; atomic_dir repeats them.
-    from l2v_cli.utils.atomic import atomic_dir, check_writable_parent
+    from l2v_cli.utils.atomic import check_writable_parent
 
     if (out.exists() or out.is_symlink()) and not overwrite:
         raise L2VError(f"OUT {out} already exists", where=str(out),
                        fix="pass --overwrite to replace it, or choose another path")
     check_writable_parent(out)
 
+    from l2v_cli.modeling.bidir import ProbeFailed
+    from l2v_cli.modeling.loading import kernel_candidates
     from l2v_cli.modeling.sources import check_decoder_only, resolve_model
 
-    timings: dict[str, float] = {}
     t0 = time.perf_counter()
     resolved = resolve_model(str(model_spec), trust_remote_code=trust_remote_code, allow_pickle=allow_pickle)
-    timings["resolve_s"] = time.perf_counter() - t0
+    resolve_s = time.perf_counter() - t0
     check_decoder_only(resolved.path)
+    kernels, why = ([attn_implementation], "") if attn_implementation != "auto" else kernel_candidates(resolved.path)
+    failed: list[str] = []
+    for i, kernel in enumerate(kernels):
+        choice = ""
+        if attn_implementation == "auto":
+            choice = f"auto -> {kernel}: {why}" + (f", after {', '.join(failed)} failed the probe" if failed else "")
+        try:
+            report = _enable_with(resolved, out, kernel, attn_implementation, choice, verify=verify, dtype=dtype,
+                                  overwrite=overwrite, trust_remote_code=trust_remote_code,
+                                  allow_pickle=allow_pickle, t0=t0)
+        except ProbeFailed as e:
+            if i + 1 == len(kernels):
+                raise
+            failed.append(kernel)
+            print(f"l2v: bidir.attn_implementation auto: {kernel} fails the bidirectionality probe ({e.what}); "
+                  f"trying {kernels[i + 1]}", file=sys.stderr, flush=True)
+            continue
+        report.timings["resolve_s"] = resolve_s
+        if choice:
+            print(f"l2v: bidir.attn_implementation {choice}", file=sys.stderr, flush=True)
+        return report
+    raise AssertionError("unreachable")
 
+
+def _enable_with(resolved, out: Path, attn_implementation: str, requested: str, choice: str, *, verify: bool,
+                 dtype: str, overwrite: bool, trust_remote_code: bool, allow_pickle: bool,
+                 t0: float) -> EnableBidirReport:
+    """`enable_bidir` under one kernel; ProbeFailed when the model is not bidirectional under it."""
     import torch
     import transformers
 
     from l2v_cli import __version__
-    from l2v_cli.modeling.bidir import architecture_name, probe_bidirectional
+    from l2v_cli.modeling.bidir import ProbeFailed, architecture_name, probe_bidirectional
     from l2v_cli.modeling.loading import load_model
-    from l2v_cli.utils.device import DTYPES
+    from l2v_cli.utils.atomic import atomic_dir
+    from l2v_cli.utils.dtypes import to_torch
+
+    timings: dict[str, float] = {}
 
     save_dtype = source_dtype(resolved.path) if dtype == "original" else dtype
 
@@ -148,15 +183,16 @@ def enable_bidir(model_spec: str | Path, out: str | Path, *, attn_implementation
         probe = probe_bidirectional(_base_model(model))  # skip the LM head: same attention, cheaper
         timings["probe_s"] = time.perf_counter() - t
         if not probe.ok:
-            raise L2VError(
+            raise ProbeFailed(
                 f"architecture {arch} stays causal or leaks padding under attn_implementation="
                 f"{used_attn!r} (failed checks: {', '.join(probe.failed())})", where="bidirectional probe",
                 fix=(_eager_fix() if used_attn != "eager" else _unsupported_fix()))
 
     source = resolved.describe()
     l2v_block = {
-        "version": __version__, "stage": "enable-bidir", "source": source,
-        "attn_implementation": used_attn, "requested_attn_implementation": attn_implementation,
+        "version": __version__, "stage": STAGE.name, "source": source,
+        "attn_implementation": used_attn, "requested_attn_implementation": requested,
+        **({"attn_choice": choice} if choice else {}),
         "dtype": save_dtype, "verified": verify, "probe": _probe_dict(probe), "reload_probe": None,
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "transformers": transformers.__version__, "torch": torch.__version__.split("+")[0],
@@ -165,8 +201,8 @@ def enable_bidir(model_spec: str | Path, out: str | Path, *, attn_implementation
     reload_probe = None
     with atomic_dir(out, overwrite=overwrite) as tmp:
         t = time.perf_counter()
-        if model.dtype != DTYPES[save_dtype]:
-            model.to(DTYPES[save_dtype])
+        if model.dtype != to_torch(save_dtype):
+            model.to(to_torch(save_dtype))
         model.config.is_causal = False
         model.save_pretrained(tmp, safe_serialization=True)
         tok.save_pretrained(tmp)
@@ -182,7 +218,7 @@ def enable_bidir(model_spec: str | Path, out: str | Path, *, attn_implementation
             timings["verify_s"] = time.perf_counter() - t
             if reload_causal or not reload_probe.ok:
                 failed = ["config.is_causal"] if reload_causal else reload_probe.failed()
-                raise L2VError(
+                raise ProbeFailed(
                     f"the written model ({arch}) is not bidirectional when reloaded with plain "
                     f"transformers AutoModel.from_pretrained under attn_implementation="
                     f"{reload_probe.attn_implementation!r} (failed checks: {', '.join(failed)}); "
@@ -195,6 +231,13 @@ def enable_bidir(model_spec: str | Path, out: str | Path, *, attn_implementation
     return EnableBidirReport(out=out, source=source, architecture=arch, attn_implementation=used_attn,
                              dtype=save_dtype, params=params, verified=verify, probe=probe,
                              reload_probe=reload_probe, timings=timings)
+
+
+def run_enable_bidir(recipe, model_spec: str | Path, out: str | Path, ctx=None) -> EnableBidirReport:
+    """The enable-bidir stage of a run: `enable_bidir` with the recipe's `bidir` section. A folder
+    left by an interrupted run is replaced (the stage writes atomically: it is never half there)."""
+    return enable_bidir(model_spec, out, attn_implementation=recipe.bidir.attn_implementation,
+                        verify=recipe.bidir.verify, overwrite=True)
 
 
 def _base_model(model):
@@ -236,4 +279,4 @@ def _plain_reload_probe(folder: Path, device, trust_remote_code: bool):
         gc.collect()
 
 
-__all__ = ["EnableBidirReport", "enable_bidir", "source_dtype", "ATTN_CHOICES", "DTYPE_CHOICES"]
+__all__ = ["EnableBidirReport", "enable_bidir", "run_enable_bidir", "source_dtype", "ATTN_CHOICES", "DTYPE_CHOICES"]

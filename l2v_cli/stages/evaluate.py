@@ -17,6 +17,7 @@ import json
 from pathlib import Path
 
 from l2v_cli.errors import L2VError
+from l2v_cli.stages import registry
 
 
 def eval_tasks(cfg) -> list:
@@ -33,28 +34,29 @@ def eval_tasks(cfg) -> list:
 
 def ablation_points(stages, final: Path, model: str) -> list[tuple[str, str, object]]:
     """(label, model spec, train stage to export or None) in chain order."""
-    from l2v_cli.stages.convert import TRAIN
-
-    bidir = next((s.folder for s in stages if s.name == "enable-bidir"), None)
+    bidir = next((s.folder for s in stages if s.name == registry.BIDIR.name), None)
     base = str(bidir) if bidir else model
     points = [("causal", f"{base}@causal", None), ("bidirectional", f"{base}@bidirectional", None)]
-    trained = [s for s in stages if s.name in TRAIN]
+    trained = [s for s in stages if registry.get(s.name).trains]
     for s in trained[:-1]:
-        points.append(("+ " + s.name.removeprefix("train-"), "", s))
+        points.append(("+ " + registry.get(s.name).section, "", s))
     if trained:
-        points.append(("+ " + trained[-1].name.removeprefix("train-") + " (final)", str(final), None))
+        points.append(("+ " + registry.get(trained[-1].name).section + " (final)", str(final), None))
     return points
 
 
-def run_eval_stage(recipe, stages, folder: Path, final: Path, model: str, echo=print) -> dict:
+def run_eval_stage(recipe, final: str | Path, folder: str | Path, ctx: registry.RunContext) -> dict:
+    """The eval stage of a run: score `final` (the export) into `folder`; with `eval.ablation`
+    every step of the chain in `ctx.stages` (see the module doc)."""
     from l2v_cli.eval.runner import evaluate, write_json
     from l2v_cli.stages.export import export_from_recipe
 
-    cfg = recipe.eval
+    cfg, folder, final = recipe.eval, Path(folder), Path(final)
+    stages, model, echo = ctx.stages, ctx.model, ctx.echo
     folder.mkdir(parents=True, exist_ok=True)
     tasks = eval_tasks(cfg)
     opts = dict(batch_size=cfg.batch_size, max_length=cfg.max_length, cache=cfg.cache,
-                pooling=recipe.export.pooling, show_progress=True)
+                pooling=recipe.export.pooling, protocols=cfg.protocols, show_progress=True)
     points = ablation_points(stages, final, model) if cfg.ablation else [("final", str(final), None)]
     rows = []
     for label, spec, stage in points:
@@ -72,31 +74,44 @@ def run_eval_stage(recipe, stages, folder: Path, final: Path, model: str, echo=p
             write_json(out, result)
         rows.append(table_row(label, spec, result))
     write_json(folder / "eval.json", result)  # the last point is the final model
-    table = {"tasks": {t.name: t.describe() for t in tasks}, "rows": rows}
+    table = eval_table(tasks, result["settings"]["protocols"], rows)
     write_json(folder / ("ablation.json" if cfg.ablation else "table.json"), table)
     return table
 
 
+def eval_table(tasks, protocols, rows: list[dict]) -> dict:
+    """An evaluation table: the tasks, their 'task (protocol)' columns (each task under every
+    protocol, side by side) and one row per model (`table_row`)."""
+    from l2v_cli.eval.tasks import column
+
+    return {"tasks": {t.name: t.describe() for t in tasks}, "protocols": list(protocols),
+            "columns": [column(t.name, p) for t in tasks for p in protocols], "rows": rows}
+
+
 def table_row(label: str, spec: str, result: dict) -> dict:
-    """One row of an evaluation table: main metric per task and the eval time of one evaluate() result."""
-    from l2v_cli.eval.runner import main_scores
+    """One row of an evaluation table: main metric per 'task (protocol)' and the eval time of one
+    evaluate() result."""
+    from l2v_cli.eval.runner import columns, main_scores
 
     return {"model": label, "spec": spec, "scores": main_scores(result),
-            "time_s": round(sum(r.get("time_s", 0) for r in result["tasks"].values()), 1)}
+            "time_s": round(sum(r.get("time_s", 0) for r in columns(result).values()), 1)}
 
 
 def render_table(table: dict, console) -> None:
     from rich.table import Table
 
-    names = list(table["tasks"])
-    t = Table(title="Evaluation (main metric ×100; higher is better)", title_justify="left",
-              header_style="bold")
+    from l2v_cli.eval.tasks import PROTOCOLS
+
+    t = Table(title="Evaluation (main metric ×100; higher is better). no prompt = the bare text, as "
+              "SentenceTransformer(path).encode(texts) sends it; instruction = the task's instruction "
+              "on the query side (LLM2Vec / E5)", title_justify="left", header_style="bold")
     t.add_column("model")
-    for n in names:
-        d = table["tasks"][n]
-        t.add_column(f"{n}\n{d['main_metric']}" + (f"\nlimit {d['limit']}" if d.get("limit") else ""),
-                     justify="right")
+    for name, d in table["tasks"].items():
+        for p in table["protocols"]:
+            t.add_column(f"{name}\n{d['main_metric']}" + (f"\nlimit {d['limit']}" if d.get("limit") else "")
+                         + f"\n{PROTOCOLS[p]}", justify="right")
     t.add_column("eval s", justify="right")
     for r in table["rows"]:
-        t.add_row(r["model"], *[f"{r['scores'].get(n, float('nan')):.2f}" for n in names], f"{r['time_s']:.0f}")
+        t.add_row(r["model"], *[f"{r['scores'].get(c, float('nan')):.2f}" for c in table["columns"]],
+                  f"{r['time_s']:.0f}")
     console.print(t)

@@ -8,9 +8,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from l2v_cli.stages.common import (Chain, finish_stage, prepare_stage_dir, read_chain, write_config,
-                                   write_ledger)
+from l2v_cli.stages import registry
+from l2v_cli.stages.common import (finish_stage, load_training_model, note, prepare_stage_dir, read_chain,
+                                   resolve_stage_recipe, stage_config, write_config, write_ledger)
 from l2v_cli.training.spine import L2VTrainer
+
+STAGE = registry.of_module(__name__)
 
 
 class RowSeededMasking:
@@ -54,49 +57,30 @@ class MntpTrainer(L2VTrainer):
         return (loss, out) if return_outputs else loss
 
 
-def load_training_model(recipe, chain: Chain, lm_head: bool):
-    """Load the chain's base, make it bidirectional (verified), merge earlier adapters."""
-    from l2v_cli.modeling.loading import load_model
-    from l2v_cli.training.lora import merge_adapters
-    from l2v_cli.utils.device import resolve_dtype
-
-    dtype = resolve_dtype(recipe.dtype)
-    # Frozen base weights in the compute dtype (bf16 halves memory); LoRA weights stay fp32 (peft).
-    loaded = load_model(chain.base_model, dtype=str(dtype).replace("torch.", ""),
-                        attn_implementation=recipe.bidir.attn_implementation, bidirectional=True,
-                        verify=recipe.bidir.verify, lm_head=lm_head)
-    model = merge_adapters(loaded.model, chain.adapters)
-    return model, loaded, dtype
-
-
-def stage_config(recipe, section: str) -> dict:
-    from l2v_cli.config import recipe_to_dict
-
-    d = recipe_to_dict(recipe)
-    return {"section": section, **d[section], "bidir": d["bidir"], "dtype": d["dtype"], "seed": d["seed"]}
-
-
 def train_mntp(recipe, input_model: str | Path, out: str | Path, *, resume: bool = True,
-               force: bool = False, deepspeed: str | None = None) -> Path:
+               force: bool = False, deepspeed: str | None = None, provenance: dict | None = None) -> Path:
     """Run MNTP on `input_model` (a MODEL or an enable-bidir folder); write the stage to `out`."""
     import torch
 
     from l2v_cli.data.mntp import MntpCollator, logit_softcap, resolve_mask_token
     from l2v_cli.data.text import group_texts, load_texts, tokenize_texts
-    from l2v_cli.modeling.aliases import alias_for_folder
     from l2v_cli.training.lora import add_lora
     from l2v_cli.training.spine import JsonlMetrics, RichProgress, build_training_args
 
+    resolved, provenance = resolve_stage_recipe(recipe, input_model, provenance, STAGE.section)
+    recipe = resolved.recipe
     cfg, out = recipe.mntp, Path(out)
-    scfg = stage_config(recipe, "mntp")
+    scfg = stage_config(recipe, STAGE.section)
     last = prepare_stage_dir(out, scfg, resume, force)
     write_config(out, recipe, input_model)
     chain = read_chain(input_model)
     model, loaded, dtype = load_training_model(recipe, chain, lm_head=True)
-    alias = loaded.alias or alias_for_folder(chain.base_model)
-    tok, mask_id, added = resolve_mask_token(loaded.tokenizer, cfg.mask_token,
-                                             getattr(alias, "mntp_mask_token", None))
-    if added:
+    choice = resolve_mask_token(loaded.tokenizer, cfg.mask_token, resolved.family.family.mask_token)
+    tok, mask_id = choice.tokenizer, choice.id
+    mask_record = {"spec": cfg.mask_token, "token": tok.convert_ids_to_tokens(mask_id), "id": mask_id,
+                   "how": choice.how}
+    note(f"mntp.mask_token {cfg.mask_token} -> {mask_record['token']!r}: {choice.how}")
+    if choice.added:
         model.resize_token_embeddings(len(tok))
     model = add_lora(model, cfg.lora, cfg.train.gradient_checkpointing, seed=recipe.seed)
 
@@ -110,10 +94,10 @@ def train_mntp(recipe, input_model: str | Path, out: str | Path, *, resume: bool
                                              seed=recipe.seed))
     trainer = MntpTrainer(model=model, args=args, train_dataset=ds, data_collator=collator,
                           stage_config=scfg,
-                          callbacks=[JsonlMetrics(out), RichProgress(f"MNTP {out.name}")])
+                          callbacks=[JsonlMetrics(out), RichProgress(f"{STAGE.title} {out.name}")])
     trainer.softcap = logit_softcap(model.config)
     trainer.train(resume_from_checkpoint=str(last) if last else None)
     write_ledger(out, trainer.ledger)
-    finish_stage(out, trainer, tok, "train-mntp", chain,
-                 {"steps": trainer.state.global_step, "mask_token_id": mask_id})
+    finish_stage(out, trainer, tok, STAGE.name, chain,
+                 {"steps": trainer.state.global_step, "mask_token": mask_record, "resolved": provenance})
     return out

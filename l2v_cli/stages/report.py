@@ -28,8 +28,8 @@ def _tokens_per_s(stage_dir: Path) -> float | None:
 
 def stage_rows(stages, recipe, model: str, peak_gflops: float | None) -> list[dict]:
     """One row per stage from its DONE.json / metrics.jsonl (stages skipped this run included)."""
-    from l2v_cli.planner import resolve_arch
-    from l2v_cli.stages.convert import SECTION
+    from l2v_cli.modeling.arch import resolve_arch
+    from l2v_cli.stages import registry
     from l2v_cli.utils.perf import lora_train_flops_per_token
 
     try:
@@ -41,8 +41,9 @@ def stage_rows(stages, recipe, model: str, peak_gflops: float | None) -> list[di
         done = st.folder / "DONE.json"
         rec = json.loads(done.read_text()) if done.exists() else {}
         row = {"stage": st.folder.name, "seconds": rec.get("seconds"), "peak_rss_mb": rec.get("peak_rss_mb")}
-        if st.name.startswith("train-"):
-            section = getattr(recipe, SECTION[st.name])
+        spec = registry.get(st.name)
+        if spec.trains:
+            section = getattr(recipe, spec.section)
             tps = _tokens_per_s(st.folder)
             row["tokens_per_s"] = tps
             if tps and arch is not None:
@@ -57,8 +58,8 @@ def stage_rows(stages, recipe, model: str, peak_gflops: float | None) -> list[di
 def render(rows: list[dict], peak_gflops: float | None, dtype: str, console) -> None:
     from rich.table import Table
 
-    cap = (f"matmul peak measured in this run: {peak_gflops:.0f} GFLOP/s ({dtype}); GFLOP/s = tokens/s × "
-           "2 × forward FLOPs per token (LoRA on a frozen base)") if peak_gflops else None
+    cap = (f"matmul peak measured in this run: {peak_gflops:.0f} GFLOP/s ({dtype}); GFLOP/s = tokens/s × training "
+           "FLOPs per token (forward + backward to the activations: LoRA on a frozen base)") if peak_gflops else None
     t = Table(title="Stages", title_justify="left", header_style="bold", caption=cap, caption_justify="left")
     # RSS is the process's peak so far (in-process stages share one process), read after each stage.
     for c in ("stage", "wall s", "tokens/s", "GFLOP/s", "of peak", "peak RSS MB so far"):

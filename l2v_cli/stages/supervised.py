@@ -12,8 +12,13 @@ from pathlib import Path
 
 from torch.utils.data import DataLoader
 
-from l2v_cli.stages.common import finish_stage, prepare_stage_dir, read_chain, write_config
+from l2v_cli.encoding import as_prefix
+from l2v_cli.stages import registry
+from l2v_cli.stages.common import (finish_stage, load_training_model, prepare_stage_dir, read_chain,
+                                   resolve_stage_recipe, stage_config, world_size, write_config)
 from l2v_cli.stages.contrastive import ContrastiveTrainer
+
+STAGE = registry.of_module(__name__)
 
 
 class EpochLoader(DataLoader):
@@ -31,9 +36,10 @@ class TripletCollator:
         from l2v_cli.training.losses import text_ids
 
         enc = self.encoder
-        instr = rows[0]["instruction"]  # one data set (so one instruction) per batch
+        # One data set (so one instruction) per batch, spelled as evaluation spells it ("X: ").
+        instr = as_prefix(rows[0]["instruction"])
         return {
-            "q": enc.collate(enc.tokenize([r["query"] for r in rows], instruction=instr or None)),
+            "q": enc.collate(enc.tokenize([r["query"] for r in rows], instruction=instr)),
             "p": enc.collate(enc.tokenize([r["positive"] for r in rows])),
             "n": enc.collate(enc.tokenize([r["negative"] for r in rows])),
             "p_ids": text_ids([r["positive"] for r in rows]),
@@ -66,18 +72,18 @@ class SupervisedTrainer(ContrastiveTrainer):
 
 
 def train_supervised(recipe, input_model: str | Path, out: str | Path, *, resume: bool = True,
-                     force: bool = False, deepspeed: str | None = None) -> Path:
+                     force: bool = False, deepspeed: str | None = None, provenance: dict | None = None) -> Path:
     import torch
 
     from l2v_cli.data.pairs import OneDatasetBatchSampler, TripletRows, load_supervised
     from l2v_cli.encoding.encoder import Encoder
-    from l2v_cli.stages.common import world_size
-    from l2v_cli.stages.mntp import load_training_model, stage_config
     from l2v_cli.training.lora import add_lora
     from l2v_cli.training.spine import JsonlMetrics, RichProgress, build_training_args
 
+    resolved, provenance = resolve_stage_recipe(recipe, input_model, provenance, STAGE.section)
+    recipe = resolved.recipe
     cfg, out = recipe.supervised, Path(out)
-    scfg = stage_config(recipe, "supervised")
+    scfg = stage_config(recipe, STAGE.section)
     last = prepare_stage_dir(out, scfg, resume, force)
     write_config(out, recipe, input_model)
     sets = load_supervised(cfg, key="supervised")
@@ -92,7 +98,7 @@ def train_supervised(recipe, input_model: str | Path, out: str | Path, *, resume
     trainer = SupervisedTrainer(model=model, args=args, train_dataset=ds,
                                 data_collator=TripletCollator(encoder),
                                 stage_config=scfg,
-                                callbacks=[JsonlMetrics(out), RichProgress(f"supervised {out.name}")])
+                                callbacks=[JsonlMetrics(out), RichProgress(f"{STAGE.title} {out.name}")])
     sizes = ds.sizes
     if cfg.one_dataset_per_batch:
         trainer.batch_sampler = OneDatasetBatchSampler(sizes, cfg.train.per_device_batch_size, seed=recipe.seed,
@@ -105,7 +111,7 @@ def train_supervised(recipe, input_model: str | Path, out: str | Path, *, resume
     trainer.mask_false_negatives = cfg.mask_false_negatives
     trainer.grad_cache_chunk_size = cfg.grad_cache_chunk_size
     trainer.train(resume_from_checkpoint=str(last) if last else None)
-    finish_stage(out, trainer, loaded.tokenizer, "train-supervised", chain,
+    finish_stage(out, trainer, loaded.tokenizer, STAGE.name, chain,
                  {"steps": trainer.state.global_step,
-                  "instructions": {s.name: s.instruction for s in sets}})
+                  "instructions": {s.name: s.instruction for s in sets}, "resolved": provenance})
     return out

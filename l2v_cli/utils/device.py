@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import torch
 
-DTYPES = {"bfloat16": torch.bfloat16, "bf16": torch.bfloat16, "float16": torch.float16,
-          "fp16": torch.float16, "float32": torch.float32, "fp32": torch.float32}
+from l2v_cli.utils.dtypes import canonical, to_torch
+
 
 
 def default_device() -> torch.device:
@@ -32,13 +32,8 @@ def _exists(path: str) -> bool:
 
 def resolve_dtype(name: str = "auto", device: torch.device | None = None) -> torch.dtype:
     """'auto' = bf16 where supported natively, else fp32; explicit names map directly."""
-    if name != "auto":
-        if name not in DTYPES:
-            from l2v_cli.errors import L2VError, did_you_mean
-
-            raise L2VError(f"unknown dtype {name!r}", where="--dtype",
-                           fix=did_you_mean(name, ["auto", "bfloat16", "float16", "float32"]))
-        return DTYPES[name]
+    if canonical(name, extra=("auto",)) != "auto":
+        return to_torch(name)
     device = device or default_device()
     if device.type == "cuda":
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16

@@ -1,4 +1,5 @@
-"""`l2v export SOURCE -o OUT --format gguf|st,gguf`: the GGUF side of the export.
+"""`l2v export SOURCE -o OUT --format gguf|st,gguf`: the GGUF side of the export (the GGUF format
+itself, the tokenizer and llama.cpp are l2v_cli/gguf/).
 
     export_gguf("runs/x/simcse", "runs/x/final", formats=["st", "gguf"], gguf_types=["q8_0"])
 
@@ -20,15 +21,21 @@ card says so.
 
 from __future__ import annotations
 
-import json
 import shutil
 import sys
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from l2v_cli.errors import L2VError, did_you_mean
+from l2v_cli.gguf.card import card_section, gguf_card
 from l2v_cli.gguf.llamacpp import INSTALL_HINT
-from l2v_cli.gguf.writer import GGUFInfo, check_gguf_pooling, check_gguf_type, write_gguf
+from l2v_cli.gguf.vocab import probe_texts
+from l2v_cli.gguf.writer import GGUFInfo, check_gguf_pooling, check_gguf_type, check_source, write_gguf
+from l2v_cli.stages.common import STAGE_FILE
+from l2v_cli.stages.export.run import export
+from l2v_cli.stages.export.source import resolve_source
+from l2v_cli.utils.atomic import atomic_dir, check_writable_parent
 
 FORMATS = ("st", "gguf")
 
@@ -62,25 +69,8 @@ def check_types(types) -> list[str]:
     return list(dict.fromkeys(check_gguf_type(t) for t in (types or ["f16"])))
 
 
-def probe_texts(n_sts: int = 50) -> list[str]:
-    """The tokenization probes: the tricky strings of vocab.PROBES + the first STS-B sentences."""
-    from l2v_cli.eval.tasks import eval_data_dir
-    from l2v_cli.gguf.vocab import PROBES
-
-    texts = list(PROBES)
-    path = eval_data_dir() / "stsb" / "test.jsonl"
-    with open(path, encoding="utf-8") as f:
-        for line in f:
-            if len(texts) >= len(PROBES) + n_sts:
-                break
-            texts.append(json.loads(line)["sentence1"])
-    return texts
-
-
 def _is_model_folder(p: Path) -> bool:
     """A plain model folder (config.json + weights), not a stage folder or checkpoint."""
-    from l2v_cli.stages.common import STAGE_FILE
-
     return (p / "config.json").is_file() and any(p.glob("*.safetensors")) and not (p / STAGE_FILE).exists() \
         and not (p / "adapter_config.json").exists()
 
@@ -115,10 +105,6 @@ def export_gguf(source, out, *, formats=("gguf",), gguf_types=("f16",), pooling:
                 query_instruction: str | None = None, document_instruction: str | None = None,
                 normalize: bool | None = None, **st_kwargs) -> GGUFExportReport:
     """Write SOURCE as GGUF (and optionally the sentence-transformers folder) to OUT; see module doc."""
-    import tempfile
-
-    from l2v_cli.utils.atomic import atomic_dir, check_writable_parent
-
     formats = check_formats(formats)
     types = check_types(gguf_types)
     if "gguf" not in formats:
@@ -172,8 +158,6 @@ def export_gguf(source, out, *, formats=("gguf",), gguf_types=("f16",), pooling:
         with atomic_dir(out, overwrite=overwrite) as tmp:
             folder = src if direct else _st_export(src, tmp / ".st", pooling, instr, st_kwargs, report)
             convert_all(folder, tmp, out.name)
-            from l2v_cli.gguf.card import card_section, gguf_card
-
             if "st" in formats:
                 for p in folder.iterdir():
                     shutil.move(str(p), str(tmp / p.name))
@@ -194,13 +178,9 @@ def export_gguf(source, out, *, formats=("gguf",), gguf_types=("f16",), pooling:
 
 def _check_before_merge(src: Path, direct: bool, pooling: str, allow_causal: bool) -> None:
     """Refuse an unsupported architecture / causal source before the (slow) merge."""
-    from l2v_cli.gguf.writer import check_source
-
     if direct:
         check_source(src, pooling=pooling, allow_causal=allow_causal)
         return
-    from l2v_cli.stages.export import resolve_source
-
     base = Path(resolve_source(src).chain.base_model)
     if (base / "config.json").is_file():  # the merged export is bidirectional by construction
         check_source(base, pooling=pooling, allow_causal=True)
@@ -208,8 +188,6 @@ def _check_before_merge(src: Path, direct: bool, pooling: str, allow_causal: boo
 
 def _st_export(src: Path, target: Path, pooling: str, instr: dict, st_kwargs: dict, report) -> Path:
     """Merge SOURCE into a plain model folder with the sentence-transformers export."""
-    from l2v_cli.stages.export import export
-
     rep = export(src, target, pooling=pooling, query_instruction=instr["query_instruction"],
                  document_instruction=instr["document_instruction"], normalize=bool(instr["normalize"]),
                  report=True, **st_kwargs)
