@@ -11,7 +11,7 @@ STS-B Spearman — one run, one JSON.
   * tokenization: llama.cpp vs transformers on the probe strings + 50 STS-B sentences;
   * speed: the same N sentences, `l2v encode` fp32 (torch threads = T) vs the q8_0 GGUF in
     llama.cpp (n_threads = T), alternated, best of --repeats each, ratio = llama.cpp / l2v;
-  * STS-B test Spearman (×100, with the task's instruction as `l2v eval` runs it) of the fp32
+  * STS-B test Spearman (×100, the instruction protocol of `l2v eval`) of the fp32
     folder and of the q8_0 GGUF (through llama.cpp).
 """
 
@@ -139,8 +139,8 @@ def run(argv: list[str]) -> dict:
         res["stsb_spearman"] = {}
         for label, spec in (("fp32_folder", str(folder)), ("q8_0_gguf", str(files["q8_0"]))):
             t0 = time.perf_counter()
-            r = evaluate(spec, "stsb", dtype="float32", cache=False, batch_size=32)
-            res["stsb_spearman"][label] = round(r["tasks"]["stsb"]["spearman"], 2)
+            r = evaluate(spec, "stsb", dtype="float32", cache=False, batch_size=32, protocols="instruction")
+            res["stsb_spearman"][label] = round(r["tasks"]["stsb"]["instruction"]["spearman"], 2)
             log(f"stsb {label}: {res['stsb_spearman'][label]} ({time.perf_counter() - t0:.0f}s)")
         res["stsb_spearman"]["delta"] = round(res["stsb_spearman"]["q8_0_gguf"] - res["stsb_spearman"]["fp32_folder"],
                                               2)
