@@ -108,6 +108,9 @@ def write_tokenizer(tmp: Path, tok_dir: Path, pooling: str) -> dict:
     if getattr(plain, "chat_template", None) is not None:
         raise L2VError("the exported tokenizer still carries a chat template", where=str(tmp),
                        fix="please report this tokenizer type")
+    if special_affixes(plain)[0] != prefix:  # e.g. the attention sink (l2v_cli/modeling/sink.py)
+        raise L2VError(f"the exported tokenizer ({type(plain).__name__}) no longer puts {prefix} before a text "
+                       "after a reload", where=str(tmp), fix="please report this tokenizer type")
     if pooling == "eos":
         p2, s2 = special_affixes(plain)
         if not (s2 and s2[-1] == plain.eos_token_id):
