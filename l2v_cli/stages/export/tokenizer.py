@@ -123,7 +123,8 @@ def write_tokenizer(tmp: Path, tok_dir: Path, pooling: str) -> dict:
 
 def boundary_check(tok, instruction: str) -> tuple[bool, bool]:
     """Does tokenising instruction + text as ONE string (what sentence-transformers does) differ from
-    tokenising them separately (what `l2v encode` does)? (for ordinary texts, for texts that start
+    tokenising them separately? If so the instruction's last token merges into the text's first,
+    which the prompt count then leaves out of the pooling (for ordinary texts, for texts that start
     with whitespace)."""
     ins = tok(instruction, add_special_tokens=False)["input_ids"]
 
