@@ -1,8 +1,14 @@
-"""Device and dtype choices: bf16 wherever the hardware runs it natively (AMX/AVX512-bf16 CPUs, Ampere+ GPUs)."""
+"""Device and dtype choices: `auto` is bf16 on GPUs that run it natively (fp16 on older ones) and
+fp32 on every CPU.
+
+Why fp32 on CPUs, even with AMX: measured on this project's machines (docs/demo.md), bf16 matmul
+is ~100x slower than fp32 on an AMD EPYC without AMX / AVX512-BF16, and on an Intel CPU with AMX,
+where bf16 matmuls run ~5x faster, a whole MNTP step (attention, norms, LoRA, optimizer) still ran
+2x slower under bf16 autocast (51 s vs 25 s for 4 x 128 tokens) — SDPA's forward + backward alone
+2.2x slower. A micro-benchmark of one block did not predict the whole step (its ratio ranged
+0.9-1.8 between runs), so `auto` does not guess from it: ask for bfloat16 explicitly to use it."""
 
 from __future__ import annotations
-
-import functools
 
 import torch
 
@@ -15,47 +21,16 @@ def default_device() -> torch.device:
 
 
 def cpu_has_fast_bf16() -> bool:
-    """True when this CPU runs a transformer block's forward + backward faster in bf16 than in fp32.
-
-    Native bf16 (AMX / AVX512-BF16) is necessary but not sufficient: on one AMX machine bf16 matmuls
-    ran ~5x faster, yet attention's forward + backward ran 2.2x slower and a whole MNTP step 2x
-    slower than fp32. So with the flag present, a small block (two linears + SDPA, fwd + bwd) is
-    timed in both dtypes, once per process (~0.5 s), and bf16 must win by 20%."""
+    """True when the CPU has native bf16 matmul (AMX or AVX512-BF16). Reported by `l2v doctor`;
+    `auto` still trains and encodes in fp32 on such CPUs (see the module doc)."""
     try:
         cap = torch.backends.cpu.get_cpu_capability()
     except Exception:
         return False
     if cap in ("AVX512", "AMX") or "AMX" in cap:
         flags = open("/proc/cpuinfo").read() if _exists("/proc/cpuinfo") else ""
-        if "amx_bf16" in flags or "avx512_bf16" in flags:
-            return _bf16_block_speedup() >= 1.2
+        return "amx_bf16" in flags or "avx512_bf16" in flags
     return False
-
-
-@functools.lru_cache(maxsize=1)
-def _bf16_block_speedup() -> float:
-    """fp32 time / bf16-autocast time of a small transformer block's forward + backward (best of 3)."""
-    import time
-
-    g = torch.Generator().manual_seed(0)
-    x = torch.randn(8, 64, 256, generator=g)
-    w1, w2 = (torch.randn(256, 1024, generator=g) * 0.05).requires_grad_(), (torch.randn(1024, 256, generator=g) * 0.05).requires_grad_()
-
-    def step():
-        h = torch.nn.functional.gelu(x @ w1) @ w2
-        q = h.view(8, 64, 4, 64).transpose(1, 2)
-        torch.nn.functional.scaled_dot_product_attention(q, q, q).float().sum().backward()
-
-    def best(bf16: bool) -> float:
-        times = []
-        for _ in range(4):
-            t = time.perf_counter()
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-                step()
-            times.append(time.perf_counter() - t)
-        return min(times[1:])  # the first run warms up
-
-    return best(False) / best(True)
 
 
 def _exists(path: str) -> bool:
@@ -65,10 +40,10 @@ def _exists(path: str) -> bool:
 
 
 def resolve_dtype(name: str = "auto", device: torch.device | None = None) -> torch.dtype:
-    """'auto' = bf16 where supported natively, else fp32; explicit names map directly."""
+    """'auto' = bf16 on a GPU that supports it (else fp16), fp32 on a CPU; explicit names map directly."""
     if canonical(name, extra=("auto",)) != "auto":
         return to_torch(name)
     device = device or default_device()
     if device.type == "cuda":
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return torch.bfloat16 if cpu_has_fast_bf16() else torch.float32
+    return torch.float32
