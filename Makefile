@@ -20,7 +20,7 @@ install:
 	$(PY) -m l2v_cli --version >/dev/null
 
 test:
-	$(PY) -m pytest -q -m "not slow" -p no:cacheprovider
+	$(PY) -m pytest -q -m "not slow" -p no:cacheprovider --durations=15
 
 # The `slow` tests: kill -9 resume, every mask token on every architecture, real small models.
 test-slow:
