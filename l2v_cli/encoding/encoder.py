@@ -9,7 +9,10 @@ The tokenizer's own special tokens are kept: at start-up we tokenise a probe tex
 without special tokens and read off the `prefix` (e.g. [BOS]) and `suffix` (e.g. [EOS] for
 tokenizers that append one) its post-processor adds. A text then becomes
 
-    prefix + tok(instruction) + tok(text) + suffix (+ [EOS] for `eos` pooling)
+    prefix + tok(text) + suffix                 (+ [EOS] for `eos` pooling)
+    prefix + tok(instruction + text) + suffix   with an instruction
+
+(a converted model's prefix ends with its attention sink, l2v_cli/modeling/sink.py)
 
 where `tok(...)` is the tokenizer without special tokens. Without an instruction this is exactly
 what `tokenizer(text)` returns. With one, instruction and text are tokenised as ONE string,
