@@ -9,8 +9,9 @@ words are not what helps: its lone trailing space token ("Ġ") takes ~20% of all
 a lone space before the text gives 74.3 (73.5 when pooled with the text) on the SimCSE model,
 while BOS, EOS or "\\n" alone give 1-18 on the untrained one (measurements: docs/quality.md).
 So the converted model gets its sink for good: the tokenizer's post-processor prepends
-`EOS + " "` (after any BOS) to every text, exactly as it adds BOS. Every consumer then sees it — our training stages and eval, `SentenceTransformer(path)
-.encode(texts)` with no prompt, and plain `AutoTokenizer` + `AutoModel` — with no prompt needed.
+`EOS + " "` (after any BOS) to every text, exactly as it adds BOS. Every consumer then sees it:
+our training stages and eval, `SentenceTransformer(path).encode(texts)` with no prompt, and
+plain `AutoTokenizer` + `AutoModel`.
 
 `bidir.sink`: "auto" (EOS if the tokenizer has one, then the token(s) of a lone space), "none",
 or a literal text whose tokens are the sink. enable-bidir records the sink in config.json
