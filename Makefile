@@ -22,7 +22,8 @@ install:
 test:
 	$(PY) -m pytest -q -m "not slow" -p no:cacheprovider --durations=15
 
-# The `slow` tests: kill -9 resume, every mask token on every architecture, real small models.
+# The `slow` tests: kill -9 resume, every mask token on every architecture, real small models,
+# the 2-process DeepSpeed stage test.
 test-slow:
 	$(PY) -m pytest -q -m slow -p no:cacheprovider
 
