@@ -51,11 +51,13 @@ def wire_mined_data(recipe, out: Path):
 
 def run_mine(recipe, input_model: str | Path, out: str | Path, ctx: registry.RunContext) -> dict:
     """The mine stage of a run: merge `input_model`'s chain, mine into `out` (all or nothing)."""
-    from l2v_cli.mine.run import mine, parse_range
+    from l2v_cli.mine.run import check_range, mine
     from l2v_cli.stages.export import export_from_recipe
 
     cfg, out = recipe.mine, Path(out)
-    rank_range = parse_range(":".join(map(str, cfg.range)))
+    if len(cfg.range) != 2:
+        raise L2VError(f"mine.range must be [LO, HI], got {cfg.range}", where="mine.range", fix="e.g. [10, 100]")
+    rank_range = check_range(*cfg.range, shown=cfg.range, where="mine.range")
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.model.", dir=out.parent))
     try:
