@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from l2v_cli.errors import L2VError
+from l2v_cli.modeling.sink import installed_sink
 from l2v_cli.stages import registry
 from l2v_cli.stages.common import Chain
 from l2v_cli.stages.export.card import model_card
@@ -193,7 +194,7 @@ def export(source: str | Path, out: str | Path, *, dtype: str = "float32", pooli
             "version": __version__, "stage": STAGE.name, "exported_from": str(src.path), "source_kind": src.kind,
             "base_model": src.chain.base_model, "chain": stage_recs, "pooling": pooling, "normalize": normalize,
             "query_instruction": query_instruction, "document_instruction": document_instruction, "dtype": dtype,
-            "max_seq_length": max_seq_length,
+            "max_seq_length": max_seq_length, "sink": installed_sink(tmp),
             "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
             "transformers": transformers.__version__, "torch": torch.__version__.split("+")[0]})
         write_st_files(tmp, dim=dim, pooling=pooling, normalize=normalize, max_seq_length=max_seq_length,
