@@ -6,7 +6,8 @@ One SimCSE step = two dropout views of a batch of real sentences through the LoR
 backward, optimizer step — the stage's own `embed` and `info_nce`. The Matryoshka step is the same
 with the loss summed over the prefixes (one forward/backward). The two are timed alternately in
 one run (plain, Matryoshka, plain, ...; median of each) so a busy machine slows both alike; the
-ratio is the result.
+ratio is the result. Both wall time and this process's CPU time are reported: with one thread on a
+shared machine the CPU-time ratio is the steadier one (other processes' load hardly enters it).
 """
 
 from __future__ import annotations
@@ -54,22 +55,23 @@ def run(argv: list[str]) -> dict:
     opt = torch.optim.AdamW(params, lr=1e-5)
 
     def step(kw):
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         loss = info_nce(embed(model, batch, "mean"), embed(model, batch, "mean"), 20.0, gather=False, **kw)
         loss.backward()
         opt.step()
         opt.zero_grad()
-        return time.perf_counter() - t0
+        return time.perf_counter() - t0, time.process_time() - c0
 
     variants = {"plain": {}, "matryoshka": {"dims": dims}}
-    times: dict[str, list[float]] = {k: [] for k in variants}
+    times: dict[str, list[tuple[float, float]]] = {k: [] for k in variants}
     for kw in variants.values():
         step(kw)  # warm-up
     for i in range(a.steps):
         for name, kw in variants.items():
             times[name].append(step(kw))
-        log(f"step {i + 1}: " + ", ".join(f"{k} {v[-1]:.2f} s" for k, v in times.items()))
-    med = {k: statistics.median(v) for k, v in times.items()}
+        log(f"step {i + 1}: " + ", ".join(f"{k} {v[-1][0]:.2f} s (cpu {v[-1][1]:.2f} s)" for k, v in times.items()))
+    med = {k: statistics.median(t for t, _ in v) for k, v in times.items()}
+    cpu = {k: statistics.median(c for _, c in v) for k, v in times.items()}
 
     # the loss alone on fixed embeddings (what Matryoshka adds), for scale
     g = torch.Generator().manual_seed(0)
@@ -86,6 +88,8 @@ def run(argv: list[str]) -> dict:
             "dims": dims, "steps": a.steps, "plain_step_s": round(med["plain"], 3),
             "matryoshka_step_s": round(med["matryoshka"], 3),
             "overhead_ratio": round(med["matryoshka"] / med["plain"], 4),
-            "plain_all_s": [round(t, 3) for t in times["plain"]],
-            "matryoshka_all_s": [round(t, 3) for t in times["matryoshka"]],
+            "plain_step_cpu_s": round(cpu["plain"], 3), "matryoshka_step_cpu_s": round(cpu["matryoshka"], 3),
+            "overhead_ratio_cpu": round(cpu["matryoshka"] / cpu["plain"], 4),
+            "plain_all_s": [round(t, 3) for t, _ in times["plain"]],
+            "matryoshka_all_s": [round(t, 3) for t, _ in times["matryoshka"]],
             "loss_only_ms": {"plain": round(1e3 * loss_only({}), 3), "matryoshka": round(1e3 * loss_only({"dims": dims}), 3)}}
