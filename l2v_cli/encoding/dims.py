@@ -95,7 +95,7 @@ def untrained_warning(dim: int, trained: Sequence[int] | None, hidden: int) -> s
     if dim in trained:
         return None
     how = "Matryoshka dims " + ", ".join(map(str, trained)) if len(trained) > 1 else \
-        f"its full width {trained[0]} only (no Matryoshka training)"
+        f"its full width {trained[0]} only: no Matryoshka training"
     return (f"dim {dim} is not a width this model was trained with ({how}); "
             "the truncated vectors may lose more quality than a trained width")
 
