@@ -255,6 +255,8 @@ CASES: list[Case] = [
       setup=files({"notrun/readme.txt": "hi"})),
     C("export-unknown-pooling", "export notrun -o OUT --pooling cls", "unknown pooling method 'cls'",
       setup=files({"notrun/readme.txt": "hi"})),
+    C("export-calibration-missing", "export notrun -o OUT --calibration nofile.txt",
+      "calibration data not found: nofile.txt", "--calibration", setup=files({"notrun/readme.txt": "hi"})),
     C("bidir-unknown-attn", "enable-bidir tiny-llama -o OUT --attn-implementation flashy",
       "unknown attn implementation 'flashy'", "--attn-implementation", "valid: auto, eager"),
     C("bidir-unknown-dtype", "enable-bidir tiny-llama -o OUT --dtype fp8", "unknown dtype 'fp8'", "--dtype"),

@@ -228,6 +228,11 @@ class ExportConfig:
     max_shard_size: str = opt("5GB", "Largest safetensors shard.")
     query_instruction: Optional[str] = opt(None, "Prompt prepended to queries (null = none).")
     document_instruction: Optional[str] = opt(None, "Prompt prepended to documents (null = none).")
+    calibration: Optional[str] = opt(
+        None, "A file of ordinary texts: scale each embedding dimension by 1/its standard deviation over a "
+        "sample of them (a Dense module before Normalize; evens out the few outlier dimensions that "
+        "dominate a converted decoder's cosine). null = no scale.")
+    calibration_samples: int = opt(2000, "Texts drawn (seeded) from `calibration`.", gt=1)
 
 
 @dataclass

@@ -55,6 +55,7 @@ from typing import Iterable, Sequence
 import numpy as np
 import torch
 
+from l2v_cli.encoding.dim_scale import read_dim_scale
 from l2v_cli.encoding.dims import trained_dims_of, untrained_warning
 from l2v_cli.encoding.methods import POOLING_METHODS, check_pooling
 from l2v_cli.encoding.pooling import pool
@@ -142,6 +143,7 @@ class Encoder:
                            where=str(self.name), fix="use --pooling mean or last_token")
         self.last_stats: dict = {}
         self.trained_dims: list[int] | None = None  # Matryoshka widths (None: the full width only)
+        self.dim_scale: torch.Tensor | None = None  # per-dimension scale after pooling (encoding/dim_scale.py)
         self._warned_dims: set[int] = set()
 
     # ------------------------------------------------------------------ construction
@@ -161,6 +163,8 @@ class Encoder:
                   padding_side=padding_side, name=loaded.name)
         enc.path = loaded.path
         enc.trained_dims = trained_dims_of(loaded.path)
+        scale = read_dim_scale(loaded.path)
+        enc.dim_scale = None if scale is None else torch.from_numpy(scale)
         return enc
 
     # ------------------------------------------------------------------ properties
@@ -315,7 +319,10 @@ class Encoder:
                     idx = order[start:start + batch_size]
                     batch = self.collate([items[i] for i in idx], device)
                     h = self.hidden_states(batch)
-                    emb = pool(h, batch["pool_mask"], self.pooling)[:, :width]
+                    emb = pool(h, batch["pool_mask"], self.pooling)
+                    if self.dim_scale is not None:
+                        emb = emb * self.dim_scale.to(emb)
+                    emb = emb[:, :width]
                     if normalize:
                         emb = torch.nn.functional.normalize(emb, dim=-1)
                     out[idx] = emb.cpu().numpy()

@@ -68,13 +68,17 @@ def encoder_settings(encoder) -> dict:
     from l2v_cli.modeling.bidir import is_bidirectional_config
 
     cfg = getattr(getattr(encoder, "_backbone", None), "config", None) or getattr(encoder.model, "config", None)
-    return {
+    out = {
         "model": model_fingerprint(getattr(encoder, "path", None)),
         "pooling": encoder.pooling,
         "dtype": str(encoder.dtype).replace("torch.", ""),
         "max_length": encoder.max_length,
         "bidirectional": bool(cfg is not None and is_bidirectional_config(cfg)),
     }
+    scale = getattr(encoder, "dim_scale", None)
+    if scale is not None:  # only then: the keys of models without one stay as they were
+        out["dim_scale"] = hashlib.sha256(scale.float().numpy().tobytes()).hexdigest()[:16]
+    return out
 
 
 class EmbeddingCache:

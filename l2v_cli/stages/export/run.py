@@ -14,6 +14,7 @@ from l2v_cli.errors import L2VError
 from l2v_cli.modeling.sink import installed_sink
 from l2v_cli.stages import registry
 from l2v_cli.stages.common import Chain
+from l2v_cli.stages.export.calibrate import check_calibration, fit_export_scale
 from l2v_cli.stages.export.card import model_card
 from l2v_cli.stages.export.source import ExportSource, resolve_source, trained_dims
 from l2v_cli.stages.export.st_files import write_st_files
@@ -130,10 +131,12 @@ def export(source: str | Path, out: str | Path, *, dtype: str = "float32", pooli
            normalize: bool = False, max_shard_size: str | int = "5GB", query_instruction: str | None = None,
            document_instruction: str | None = None, overwrite: bool = False, recipe=None,
            max_seq_length: int = 512, stage_input: str | Path | None = None, verify: bool = True,
-           report: bool = False):
+           report: bool = False, calibration: str | Path | None = None, calibration_samples: int = 2000):
     """Export SOURCE (stage folder, checkpoint or bidirectional model folder) to OUT; see the package doc.
 
-    Returns OUT (a Path), or an `ExportReport` with `report=True`. L2VError on bad input; on any
+    `calibration`: a file of ordinary texts; the export then scales each embedding dimension by
+    1/its standard deviation over `calibration_samples` of them (a Dense module before Normalize;
+    encoding/dim_scale.py says why). Returns OUT (a Path), or an `ExportReport` with `report=True`. L2VError on bad input; on any
     failure OUT is not created (or, with `overwrite`, the previous OUT is left as it was).
     """
     import time
@@ -151,6 +154,7 @@ def export(source: str | Path, out: str | Path, *, dtype: str = "float32", pooli
     if (out.exists() or out.is_symlink()) and not overwrite:
         raise L2VError(f"OUT {out} already exists", where=str(out),
                        fix="pass --overwrite to replace it, or choose another path")
+    check_calibration(calibration, calibration_samples)
     src = resolve_source(source, stage_input)
     if out == src.path or src.path in out.parents:
         raise L2VError(f"OUT {out} is inside SOURCE {src.path}", where=str(out), fix="write the export elsewhere")
@@ -187,8 +191,12 @@ def export(source: str | Path, out: str | Path, *, dtype: str = "float32", pooli
                        "out of the pooling; end the instruction with a newline")
                 warnings_.append(msg)
                 _warn(msg)
-        decoder.to(to_torch(dtype))
         decoder.config.is_causal = False
+        scale, scale_rec = None, None
+        if calibration is not None:  # fp32, before the cast: the vectors users get, bare text
+            scale, scale_rec = fit_export_scale(decoder, tok, pooling=pooling, max_length=max_seq_length,
+                                                calibration=calibration, samples=calibration_samples)
+        decoder.to(to_torch(dtype))
         decoder.save_pretrained(tmp, max_shard_size=shard)
         stage_recs = [{"stage": s.stage, "steps": s.steps, "adapter": s.path} for s in src.stages]
         _update_config(tmp, {
@@ -196,11 +204,12 @@ def export(source: str | Path, out: str | Path, *, dtype: str = "float32", pooli
             "base_model": src.chain.base_model, "chain": stage_recs, "pooling": pooling, "normalize": normalize,
             "query_instruction": query_instruction, "document_instruction": document_instruction, "dtype": dtype,
             "max_seq_length": max_seq_length, "sink": installed_sink(tmp), "matryoshka_dims": matryoshka,
+            "dim_scale": scale_rec,
             "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
             "transformers": transformers.__version__, "torch": torch.__version__.split("+")[0]})
         write_st_files(tmp, dim=dim, pooling=pooling, normalize=normalize, max_seq_length=max_seq_length,
                        query_instruction=query_instruction, document_instruction=document_instruction,
-                       trained_prompts=trained_prompts(src))
+                       trained_prompts=trained_prompts(src), dim_scale=scale)
         del model, decoder, loaded
         gc.collect()
         if verify:
@@ -208,7 +217,8 @@ def export(source: str | Path, out: str | Path, *, dtype: str = "float32", pooli
         card = model_card(out.name, src, pooling=pooling, normalize=normalize, dtype=dtype,
                           max_seq_length=max_seq_length, query_instruction=query_instruction,
                           document_instruction=document_instruction, tok_facts=tok_facts,
-                          warnings_=warnings_, recipe=recipe, licence=_licence(src), matryoshka_dims=matryoshka)
+                          warnings_=warnings_, recipe=recipe, licence=_licence(src), matryoshka_dims=matryoshka,
+                          dim_scale=scale_rec)
         (tmp / "README.md").write_text(card)
         files = sorted(str(p.relative_to(tmp)) for p in tmp.rglob("*") if p.is_file())
     if not report:
@@ -236,7 +246,8 @@ def export_from_recipe(recipe, source: str | Path, out: str | Path, *, overwrite
     return export(source, out, dtype=e.dtype, pooling=e.pooling, normalize=e.normalize,
                   max_shard_size=e.max_shard_size, query_instruction=e.query_instruction,
                   document_instruction=e.document_instruction, overwrite=overwrite, recipe=recipe,
-                  max_seq_length=max_len, stage_input=stage_input)
+                  max_seq_length=max_len, stage_input=stage_input, calibration=e.calibration,
+                  calibration_samples=e.calibration_samples)
 
 
 def run_export(recipe, source: str | Path, out: str | Path, ctx=None) -> Path:
