@@ -54,6 +54,8 @@ def test_the_scaled_export_holds_a_diagonal_dense_between_pooling_and_normalize(
         ["", "1_Pooling", "2_Normalize"]
     rec = json.loads((exports["scaled"] / "config.json").read_text())["l2v"]["dim_scale"]
     assert rec["texts"] == len(CAL) and rec["data"].endswith("cal.txt")
+    card = (exports["scaled"] / "README.md").read_text()
+    assert f"1/std over {len(CAL)} texts of `cal.txt` (a local file)" in card and rec["data"] not in card
     assert json.loads((exports["plain"] / "config.json").read_text())["l2v"]["dim_scale"] is None
     assert read_dim_scale(exports["plain"]) is None
 

@@ -118,7 +118,7 @@ def model_card(out_name: str, src: ExportSource, *, pooling: str, normalize: boo
         trained=[s.stage for s in src.stages],
         st_min=ST_MIN_VERSION, transformers_min=TRANSFORMERS_MIN_VERSION, pool_code=POOL_CODE[pooling],
         eval_file=eval_file, eval_rows=rows, matryoshka_dims=matryoshka_dims,
-        dim_scale=dim_scale,
+        dim_scale=dim_scale and {**dim_scale, "data": portable(dim_scale["data"])},
         eval_json=json.dumps(ev, indent=2)[:4000] if ev is not None and not rows else None,
         notes=_notes(pooling, query_instruction, document_instruction, tok_facts, warnings_))
     return str(card).rstrip() + "\n"
