@@ -235,7 +235,7 @@ def rank_report(rank_dir: Path) -> tuple[list[str], list[str]]:
         else:
             how = json.loads(ended.read_text()).get("how", "")
             if how and how != "ok":
-                others.append(f"{who} {how}")
+                others.append(f"{who} {how[:200]}")
     return died, others
 
 
@@ -270,7 +270,7 @@ def run(argv: list[str], log_path: Path, node: str = "") -> None:
             return
         died, others = rank_report(Path(rank_dir))
     prefix = f"{node}: " if node else ""
-    took = f" after {time.time() - t0:.0f}s"
+    took = f" ({time.time() - t0:.0f}s into the stage)"
     if died and not errors:  # the cause: a rank that vanished; the others only stopped because of it
         rest = f"; then {'; '.join(others)}" if others else ""
         raise L2VError(f"{prefix}stage failed: {'; '.join(died)}{rest}{took}", where=f"full log: {log_path}",

@@ -91,7 +91,7 @@ class Nodes:
                                    fix="give every node the same -o on a file system they share")
             return
         token = self._wait_key("token", what="node 0 to open the run folder", of="node 0")
-        lock, deadline, said = self.out / LOCK, time.time() + SEE_TIMEOUT_S, None
+        lock, deadline, said = self.out / LOCK, time.time() + min(SEE_TIMEOUT_S, self.spec.wait_s), None
         while True:
             seen = _read_json(lock)
             if seen and seen.get("token") == token:
