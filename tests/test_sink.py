@@ -11,9 +11,10 @@ from transformers import AutoTokenizer
 
 from l2v_cli.encoding.encoder import Encoder, special_affixes
 from l2v_cli.errors import L2VError
-from l2v_cli.modeling.sink import install_sink, reads_sink, sink_ids
+from l2v_cli.modeling.sink import install_sink, installed_sink, reads_sink, sink_ids
 from l2v_cli.modeling.tiny import make_tiny_model
 from l2v_cli.stages.enable_bidir import enable_bidir
+from l2v_cli.stages.export import export
 
 
 @pytest.fixture(scope="module")
@@ -37,6 +38,19 @@ def test_sink_none_leaves_the_tokenizer_alone(converted):
     body = tok("hello world", add_special_tokens=False)["input_ids"]
     assert tok("hello world")["input_ids"] == [tok.bos_token_id, *body]
     assert json.loads((converted["none"].out / "config.json").read_text())["l2v"]["sink"] is None
+
+
+def test_the_export_records_the_sink_it_carries_and_none_without_one(converted, tmp_path):
+    """What a consumer that does not read tokenizer.json's post-processor (a GGUF writer, a
+    serving stack) needs: the exported config.json names the sink's ids and tokens."""
+    tok = AutoTokenizer.from_pretrained(converted["auto"].out)
+    want = [tok.eos_token_id, *tok(" ", add_special_tokens=False)["input_ids"]]
+    for spec, expected in (("auto", want), ("none", None)):
+        out = export(converted[spec].out, tmp_path / spec)
+        rec = json.loads((out / "config.json").read_text())["l2v"]["sink"]
+        assert (rec and rec["ids"]) == (expected or None), spec
+        assert installed_sink(out) == rec
+    assert rec is None  # the control: no sink, nothing recorded
 
 
 def test_the_encoder_pools_the_sink_with_the_text_and_not_behind_an_instruction(converted):

@@ -14,6 +14,7 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any, Callable, Literal, NamedTuple, Optional, Union
 
+from l2v_cli.encoding.dims import FULL, check_dims
 from l2v_cli.errors import L2VError, closest, did_you_mean
 from l2v_cli.stages import registry
 from l2v_cli.utils.dtypes import NAMES as DTYPE_NAMES
@@ -90,6 +91,18 @@ class DataConfig:
     format: DataFormat = opt("auto", "Input format; auto = from the file extension / hub name.")
 
 
+@dataclass
+class MatryoshkaConfig:
+    """Matryoshka training of a contrastive stage: the loss on every trained prefix."""
+
+    dims: list[Union[int, Literal["full"]]] = opt(
+        list, "Matryoshka widths, e.g. [64, 128, 256, 512, full] (strictly increasing; full = the hidden "
+        "size): the same InfoNCE on each normalised prefix of the pooled embedding, summed with `weights`, "
+        "one forward/backward per step. [] = off (plain training).")
+    weights: Optional[list[float]] = opt(
+        None, "Loss weight of each width in `dims` (same length); null = 1 for every width.")
+
+
 # --------------------------------------------------------------------------- stage sections
 
 
@@ -154,6 +167,7 @@ class SimcseConfig:
         None, "null = plain SimCSE (both views are the bare sentence). An instruction puts the "
         "second view behind it (attended to, not pooled): the bare sentence's embedding is pulled "
         "towards the instructed one's, so the model learns to embed text well without a prompt.")
+    matryoshka: MatryoshkaConfig = opt(MatryoshkaConfig, "Matryoshka training (truncatable embeddings).")
     lora: LoraConfig = opt(LoraConfig, "LoRA adapter trained in this stage.")
     train: TrainConfig = opt(
         lambda: TrainConfig(max_steps=1000, per_device_batch_size=128, learning_rate=3e-5),
@@ -178,6 +192,7 @@ class SupervisedConfig:
     one_dataset_per_batch: bool = opt(True, "Draw each batch from a single dataset.")
     gather_across_processes: bool = opt(True, "Use other processes' embeddings as negatives.")
     grad_cache_chunk_size: int = opt(0, "GradCache chunk size for huge batches (0 = off).", ge=0)
+    matryoshka: MatryoshkaConfig = opt(MatryoshkaConfig, "Matryoshka training (truncatable embeddings).")
     lora: LoraConfig = opt(LoraConfig, "LoRA adapter trained in this stage.")
     train: TrainConfig = opt(
         lambda: TrainConfig(
@@ -476,6 +491,8 @@ def validate(recipe: Recipe, locate: Locate | None = None) -> Recipe:
             where("mntp.mask_token", locate),
             "use auto, _, eos, mask or a token string",
         )
+    for section in ("simcse", "supervised"):
+        _check_matryoshka(getattr(recipe, section).matryoshka, f"{section}.matryoshka", locate)
     ds = recipe.launcher.deepspeed
     if ds is not None and ds not in ("zero2", "zero3") and not ds.endswith(".json"):
         raise L2VError(
@@ -484,6 +501,24 @@ def validate(recipe: Recipe, locate: Locate | None = None) -> Recipe:
             did_you_mean(ds, ["zero2", "zero3"]),
         )
     return recipe
+
+
+def _check_matryoshka(m: MatryoshkaConfig, key: str, locate: Locate | None) -> None:
+    """Dims increasing (the hidden size is checked when the stage loads the model); weights, when
+    given, one positive number per dim."""
+    if not m.dims:
+        if m.weights is not None:
+            raise L2VError(f"{key}.weights is set but {key}.dims is empty", where(f"{key}.weights", locate),
+                           f"set {key}.dims too, e.g. [64, 128, {FULL}], or drop the weights")
+        return
+    check_dims(m.dims, where(f"{key}.dims", locate))
+    if m.weights is not None:
+        if len(m.weights) != len(m.dims):
+            raise L2VError(f"{key}.weights has {len(m.weights)} values for {len(m.dims)} dims",
+                           where(f"{key}.weights", locate), "give one weight per dim, or null for 1 each")
+        if any(w <= 0 for w in m.weights):
+            raise L2VError(f"{key}.weights must be positive, got {m.weights}", where(f"{key}.weights", locate),
+                           "use weights > 0 (drop a width from dims instead of weighting it 0)")
 
 
 # --------------------------------------------------------------------------- documentation

@@ -47,6 +47,7 @@ run through its base model so the LM head is never computed.
 from __future__ import annotations
 
 import inspect
+import sys
 import time
 from dataclasses import dataclass
 from typing import Iterable, Sequence
@@ -54,6 +55,7 @@ from typing import Iterable, Sequence
 import numpy as np
 import torch
 
+from l2v_cli.encoding.dims import trained_dims_of, untrained_warning
 from l2v_cli.encoding.methods import POOLING_METHODS, check_pooling
 from l2v_cli.encoding.pooling import pool
 from l2v_cli.errors import L2VError
@@ -139,6 +141,8 @@ class Encoder:
             raise L2VError("pooling 'eos' needs a tokenizer with an EOS token, and this one has none",
                            where=str(self.name), fix="use --pooling mean or last_token")
         self.last_stats: dict = {}
+        self.trained_dims: list[int] | None = None  # Matryoshka widths (None: the full width only)
+        self._warned_dims: set[int] = set()
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -156,6 +160,7 @@ class Encoder:
         enc = cls(loaded.model, loaded.tokenizer, pooling=pooling, max_length=max_length,
                   padding_side=padding_side, name=loaded.name)
         enc.path = loaded.path
+        enc.trained_dims = trained_dims_of(loaded.path)
         return enc
 
     # ------------------------------------------------------------------ properties
@@ -249,12 +254,30 @@ class Encoder:
             h = self._backbone(**kw, output_hidden_states=True).hidden_states[-1]
         return h
 
+    def check_dim(self, dim: int | None, where: str = "dim") -> int:
+        """`dim` (None = the full width) checked against the model: an error above the hidden
+        size; a one-line warning (once per width) for a width it was not trained with."""
+        if dim is None:
+            return self.dim
+        if isinstance(dim, bool) or not isinstance(dim, int) or dim < 1:
+            raise L2VError(f"dim must be a positive whole number, got {dim!r}", where=where, fix="e.g. --dim 256")
+        if dim > self.dim:
+            raise L2VError(f"dim {dim} is larger than the model's hidden size {self.dim}", where=where,
+                           fix=f"use a width up to {self.dim}"
+                           + (f" (trained: {', '.join(map(str, self.trained_dims))})" if self.trained_dims else ""))
+        msg = untrained_warning(dim, self.trained_dims, self.dim)
+        if msg and dim not in self._warned_dims:
+            self._warned_dims.add(dim)
+            print(f"l2v: warning: {msg}", file=sys.stderr, flush=True)
+        return dim
+
     def encode(self, texts: Iterable[str] | str, instruction: str | None = None, batch_size: int = 32,
-               normalize: bool = False, show_progress: bool = False) -> np.ndarray:
+               normalize: bool = False, show_progress: bool = False, dim: int | None = None) -> np.ndarray:
         """Embed `texts`: np.ndarray float32 of shape (N, D), rows in input order.
 
         A single string is treated as a list of one (result shape (1, D)). `instruction` is
-        attended to but not pooled. `normalize` scales each row to unit L2 norm.
+        attended to but not pooled. `dim`: keep the first `dim` numbers of each embedding (a
+        Matryoshka prefix; result (N, dim)); `normalize` then scales each row to unit L2 norm.
         """
         if isinstance(texts, str):
             texts = [texts]
@@ -265,8 +288,9 @@ class Encoder:
                                fix="pass a list of strings")
         if not isinstance(batch_size, int) or batch_size < 1:
             raise L2VError(f"batch_size must be a positive integer, got {batch_size!r}", where="--batch-size")
+        width = self.check_dim(dim, "encode(dim=...)")
         t0 = time.perf_counter()
-        out = np.zeros((len(texts), self.dim), dtype=np.float32)
+        out = np.zeros((len(texts), width), dtype=np.float32)
         if not texts:
             return out
         items = self.tokenize(texts, instruction)
@@ -291,7 +315,7 @@ class Encoder:
                     idx = order[start:start + batch_size]
                     batch = self.collate([items[i] for i in idx], device)
                     h = self.hidden_states(batch)
-                    emb = pool(h, batch["pool_mask"], self.pooling)
+                    emb = pool(h, batch["pool_mask"], self.pooling)[:, :width]
                     if normalize:
                         emb = torch.nn.functional.normalize(emb, dim=-1)
                     out[idx] = emb.cpu().numpy()

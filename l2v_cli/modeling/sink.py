@@ -93,4 +93,17 @@ def reads_sink(tok, ids: list[int]) -> bool:
     return not ids or prefix[-len(ids):] == ids
 
 
-__all__ = ["sink_ids", "install_sink", "reads_sink", "SINK_NAME"]
+def installed_sink(folder: Path) -> dict | None:
+    """The sink `install_sink` wrote into `folder`/tokenizer.json ({"ids", "tokens"}), or None."""
+    tj = Path(folder) / "tokenizer.json"
+    if not tj.exists():
+        return None
+    pp = json.loads(tj.read_text(encoding="utf-8")).get("post_processor") or {}
+    for proc in [pp] + list(pp.get("processors") or []):
+        entry = (proc.get("special_tokens") or {}).get(SINK_NAME)
+        if entry:
+            return {"ids": list(entry["ids"]), "tokens": list(entry["tokens"])}
+    return None
+
+
+__all__ = ["sink_ids", "install_sink", "installed_sink", "reads_sink", "SINK_NAME"]

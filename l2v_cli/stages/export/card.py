@@ -92,7 +92,8 @@ def eval_rows(ev) -> list[tuple[str, str, str]]:
 
 def model_card(out_name: str, src: ExportSource, *, pooling: str, normalize: bool, dtype: str,
                max_seq_length: int, query_instruction, document_instruction, tok_facts: dict,
-               warnings_: list[str], recipe=None, licence: Optional[str] = None) -> str:
+               warnings_: list[str], recipe=None, licence: Optional[str] = None,
+               matryoshka_dims: Optional[list[int]] = None) -> str:
     """The README.md text of an export."""
     from huggingface_hub import ModelCard, ModelCardData
 
@@ -116,7 +117,7 @@ def model_card(out_name: str, src: ExportSource, *, pooling: str, normalize: boo
         prefix_tokens=" ".join(tok_facts.get("prefix_tokens") or []),
         trained=[s.stage for s in src.stages],
         st_min=ST_MIN_VERSION, transformers_min=TRANSFORMERS_MIN_VERSION, pool_code=POOL_CODE[pooling],
-        eval_file=eval_file, eval_rows=rows,
+        eval_file=eval_file, eval_rows=rows, matryoshka_dims=matryoshka_dims,
         eval_json=json.dumps(ev, indent=2)[:4000] if ev is not None and not rows else None,
         notes=_notes(pooling, query_instruction, document_instruction, tok_facts, warnings_))
     return str(card).rstrip() + "\n"

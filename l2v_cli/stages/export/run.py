@@ -11,10 +11,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from l2v_cli.errors import L2VError
+from l2v_cli.modeling.sink import installed_sink
 from l2v_cli.stages import registry
 from l2v_cli.stages.common import Chain
 from l2v_cli.stages.export.card import model_card
-from l2v_cli.stages.export.source import ExportSource, resolve_source
+from l2v_cli.stages.export.source import ExportSource, resolve_source, trained_dims
 from l2v_cli.stages.export.st_files import write_st_files
 from l2v_cli.stages.export.tokenizer import boundary_check, write_tokenizer
 from l2v_cli.utils.dtypes import canonical, to_torch
@@ -166,6 +167,7 @@ def export(source: str | Path, out: str | Path, *, dtype: str = "float32", pooli
     model, loaded = _load_merged(src)
     decoder = _decoder(model)
     dim = int(decoder.get_input_embeddings().weight.shape[1])
+    matryoshka = trained_dims(src.stages, dim)
     warnings_: list[str] = []
     with atomic_dir(out, overwrite=overwrite) as tmp:
         tok_facts = write_tokenizer(tmp, src.tokenizer_dir, pooling)
@@ -193,7 +195,7 @@ def export(source: str | Path, out: str | Path, *, dtype: str = "float32", pooli
             "version": __version__, "stage": STAGE.name, "exported_from": str(src.path), "source_kind": src.kind,
             "base_model": src.chain.base_model, "chain": stage_recs, "pooling": pooling, "normalize": normalize,
             "query_instruction": query_instruction, "document_instruction": document_instruction, "dtype": dtype,
-            "max_seq_length": max_seq_length,
+            "max_seq_length": max_seq_length, "sink": installed_sink(tmp), "matryoshka_dims": matryoshka,
             "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
             "transformers": transformers.__version__, "torch": torch.__version__.split("+")[0]})
         write_st_files(tmp, dim=dim, pooling=pooling, normalize=normalize, max_seq_length=max_seq_length,
@@ -206,7 +208,7 @@ def export(source: str | Path, out: str | Path, *, dtype: str = "float32", pooli
         card = model_card(out.name, src, pooling=pooling, normalize=normalize, dtype=dtype,
                           max_seq_length=max_seq_length, query_instruction=query_instruction,
                           document_instruction=document_instruction, tok_facts=tok_facts,
-                          warnings_=warnings_, recipe=recipe, licence=_licence(src))
+                          warnings_=warnings_, recipe=recipe, licence=_licence(src), matryoshka_dims=matryoshka)
         (tmp / "README.md").write_text(card)
         files = sorted(str(p.relative_to(tmp)) for p in tmp.rglob("*") if p.is_file())
     if not report:
