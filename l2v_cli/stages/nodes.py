@@ -83,9 +83,12 @@ class Nodes:
                                        "folder": str(self.out)}))
             os.replace(tmp, self.out / LOCK)
             self.store.set("token", token)
+            # node r may join up to wait_s late and then look for the lock for up to its see-timeout:
+            # wait for its verdict beyond both, so the error names what node r found
+            patience = self.spec.wait_s + min(SEE_TIMEOUT_S, self.spec.wait_s) + 10
             for r in range(1, self.spec.nodes):
                 said = self._wait_key(f"seen/{r}", what=f"node {r} to join (it must start `l2v convert` with "
-                                      f"--node-rank {r} within launcher.wait_s)", of=f"node {r}")
+                                      f"--node-rank {r} within launcher.wait_s)", of=f"node {r}", timeout_s=patience)
                 if said != "ok":
                     raise L2VError(f"node 0: {said}", where=str(self.out),
                                    fix="give every node the same -o on a file system they share")
@@ -132,7 +135,8 @@ class Nodes:
 
     def wait_stage(self, index: int, name: str) -> None:
         """Nodes > 0: wait until node 0 finished stage `index` (its single-process stages, or its
-        bookkeeping after a training stage)."""
+        bookkeeping after a training stage); at most launcher.wait_s (raise it for an export or eval
+        of a large model), and not at all once node 0 failed or died (`_wait_key`)."""
         self._wait_key(f"stage/{index}", what=f"node 0 to finish {name}", of="node 0")
 
     def finish(self) -> None:
