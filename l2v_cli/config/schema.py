@@ -263,7 +263,15 @@ class LauncherConfig:
     nodes: int = opt(1, "Number of nodes.", gt=0)
     hostfile: Optional[str] = opt(None, "Hostfile for multi-node runs.")
     deepspeed: Optional[str] = opt(None, "null, zero2, zero3, or a path to a DeepSpeed .json.")
-    master_port: int = opt(29500, "Rendezvous port.", gt=0, le=65535)
+    master_port: int = opt(29500, "Rendezvous port of the workers; the l2v processes of a multi-node "
+                           "run coordinate on the next port (master_port + 1).", gt=0, le=65535)
+    node_rank: int = opt(0, "This node's rank, 0..nodes-1 (SLURM: SLURM_NODEID). Node 0 runs the "
+                         "single-process stages and writes the shared files.", ge=0)
+    master_addr: str = opt("127.0.0.1", "Address of node 0 (SLURM: the first host of the job's node list).")
+    timeout_s: int = opt(1800, "Collective timeout of the workers (seconds): when a rank dies, the "
+                         "others stop within it.", gt=0)
+    wait_s: int = opt(3600, "How long nodes > 0 wait for node 0 (its single-process stages, the shared "
+                      "folder, the coordination port) before giving up with an error.", gt=0)
 
 
 @dataclass
