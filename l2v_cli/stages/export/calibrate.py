@@ -27,7 +27,8 @@ def check_calibration(calibration: Optional[str | Path], samples: int) -> None:
                        where="--calibration-samples", fix="e.g. --calibration-samples 2000")
     if looks_local(str(calibration)) and not resolve_data_path(calibration).exists():
         raise L2VError(f"calibration data not found: {calibration}", where="export.calibration (--calibration)",
-                       fix="give a .txt/.jsonl/.csv/.parquet file of ordinary texts, e.g. data/unsup/wiki_sentences.txt")
+                       fix="give a .txt/.jsonl/.csv/.parquet file of ordinary texts, "
+                           "e.g. data/unsup/wiki_sentences.txt")
 
 
 def fit_export_scale(decoder, tokenizer, *, pooling: str, max_length: int, calibration: str | Path,

@@ -136,7 +136,9 @@ def export(source: str | Path, out: str | Path, *, dtype: str = "float32", pooli
 
     `calibration`: a file of ordinary texts; the export then scales each embedding dimension by
     1/its standard deviation over `calibration_samples` of them (a Dense module before Normalize;
-    encoding/dim_scale.py says why). Returns OUT (a Path), or an `ExportReport` with `report=True`. L2VError on bad input; on any
+    encoding/dim_scale.py says why).
+
+    Returns OUT (a Path), or an `ExportReport` with `report=True`. L2VError on bad input; on any
     failure OUT is not created (or, with `overwrite`, the previous OUT is left as it was).
     """
     import time

@@ -1,5 +1,6 @@
 """The sentence-transformers files of an export (modules.json, sentence_bert_config.json,
-1_Pooling/, [2_Dense/: the calibrated per-dimension scale,] Normalize, config_sentence_transformers.json), in the long-standing format every
+1_Pooling/, 2_Dense/ (the calibrated per-dimension scale, if any), N_Normalize/,
+config_sentence_transformers.json), in the long-standing format every
 sentence-transformers from 2.4 reads; and which versions give our embeddings."""
 
 from __future__ import annotations
@@ -55,7 +56,8 @@ def write_st_files(tmp: Path, *, dim: int, pooling: str, normalize: bool, max_se
         modules.append({"idx": 2, "name": "2", "path": "2_Dense", "type": DENSE_TYPE})
     if normalize:
         k = len(modules)
-        modules.append({"idx": k, "name": str(k), "path": f"{k}_Normalize", "type": "sentence_transformers.models.Normalize"})
+        modules.append({"idx": k, "name": str(k), "path": f"{k}_Normalize",
+                        "type": "sentence_transformers.models.Normalize"})
         (tmp / f"{k}_Normalize").mkdir()
     _dump(tmp / "modules.json", modules)
     _dump(tmp / "sentence_bert_config.json", {"max_seq_length": max_seq_length, "do_lower_case": False})
