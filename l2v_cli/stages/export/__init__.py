@@ -23,9 +23,10 @@ OUT holds (written into a temp folder, renamed into place at the end: all or not
                                     sharded at `max_shard_size`; `AutoModel.from_pretrained(OUT)` is
                                     bidirectional (checked by a probe after a plain reload: `verify`)
   tokenizer files                   WITHOUT a chat template, padding on the right (see below)
-  modules.json                      Transformer -> Pooling (-> Normalize)
+  modules.json                      Transformer -> Pooling (-> Dense) (-> Normalize)
   sentence_bert_config.json         max_seq_length, do_lower_case
   1_Pooling/config.json             our pooling in sentence-transformers' terms
+  2_Dense/                          with `calibration`: the per-dimension scale (encoding/dim_scale.py)
   config_sentence_transformers.json prompts {"query": ..., "document": ...}, default_prompt_name null
   README.md                         model card (base, chain, steps, data, pooling, how to load, eval)
 
