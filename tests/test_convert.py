@@ -16,6 +16,9 @@ from safetensors.torch import load_file
 TINY = ["mntp.data.max_samples=60", "simcse.data.max_samples=60", "supervised.data.max_samples=16",
         "mntp.train.max_steps=4", "simcse.train.max_steps=4", "supervised.train.max_steps=4",
         "mntp.train.save_steps=2", "simcse.train.save_steps=2", "supervised.train.save_steps=2",
+        # keep every checkpoint: with the recipe's limit of 1, step-000002 of the tiny model can be
+        # written and deleted between two polls of the kill test (it waits for that folder)
+        "mntp.train.save_total_limit=4", "simcse.train.save_total_limit=4", "supervised.train.save_total_limit=4",
         "eval.limit=16"]
 
 

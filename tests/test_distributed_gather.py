@@ -58,6 +58,11 @@ def loss_supervised(eq, ed, en, pid, nid):        # hard negatives + false-negat
     return info_nce(eq, ed, 50.0, negatives=en, positive_ids=pid, negative_ids=nid)
 
 
+def loss_matryoshka(eq, ed, en, pid, nid):        # the supervised case on prefixes 2, 4 and all 8
+    return info_nce(eq, ed, 50.0, negatives=en, positive_ids=pid, negative_ids=nid, dims=[2, 4, 8],
+                    weights=[1.0, 0.5, 2.0])
+
+
 def embed_all(model, q, d, n):
     # one forward for all three inputs (one DDP forward per backward)
     e = model(torch.cat([q, d, n]))
@@ -88,7 +93,8 @@ def _worker(rank, port, out_dir):
     q, d, n, pid, nid = (t[rank * B:(rank + 1) * B] for t in global_batch())
     res = {"world_info": world_info()}
 
-    for name, loss_fn in [("in_batch", loss_in_batch), ("supervised", loss_supervised)]:
+    for name, loss_fn in [("in_batch", loss_in_batch), ("supervised", loss_supervised),
+                          ("matryoshka", loss_matryoshka)]:
         model = make_model()
         ddp = DDP(model)
         loss = loss_fn(*embed_all(ddp, q, d, n), pid, nid)
@@ -114,6 +120,11 @@ def _worker(rank, port, out_dir):
     loss = grad_cache_step(ddp, [q, d, n], lambda a, b, c: loss_supervised(a, b, c, pid, nid),
                            chunk_size=3, no_sync=ddp.no_sync)
     res["gradcache"] = (loss.item(), mean_over_ranks(loss).item(), grads_of(model))
+    model = make_model()  # the same with Matryoshka
+    ddp = DDP(model)
+    loss = grad_cache_step(ddp, [q, d, n], lambda a, b, c: loss_matryoshka(a, b, c, pid, nid),
+                           chunk_size=3, no_sync=ddp.no_sync)
+    res["gradcache_matryoshka"] = (loss.item(), mean_over_ranks(loss).item(), grads_of(model))
 
     # unequal local batch sizes: every rank raises the same clear error (no hang)
     try:
@@ -171,7 +182,9 @@ def test_world_info(ranks):
 
 @pytest.mark.parametrize("case,loss_fn", [("in_batch", loss_in_batch),
                                           ("supervised", loss_supervised),
-                                          ("gradcache", loss_supervised)])
+                                          ("gradcache", loss_supervised),
+                                          ("matryoshka", loss_matryoshka),
+                                          ("gradcache_matryoshka", loss_matryoshka)])
 def test_two_ranks_equal_one_process_full_batch(ranks, case, loss_fn):
     ref_loss, ref_grads = reference(loss_fn)
     (l0, mean0, g0), (l1, mean1, g1) = ranks[0][case], ranks[1][case]

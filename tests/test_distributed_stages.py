@@ -42,6 +42,7 @@ def test_two_process_torchrun_ddp(tmp_path):
     check_two_rank_run(out)
 
 
+@pytest.mark.slow  # ~60 s; .ci/run also converts the smoke recipe under DeepSpeed ZeRO-2 after the tests
 @pytest.mark.distributed
 def test_two_process_deepspeed_zero2(tmp_path):
     out = tmp_path / "mntp"

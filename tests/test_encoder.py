@@ -130,12 +130,13 @@ def test_eos_pooling_appends_the_tokenizers_real_eos_id(tiny_dirs):
 
 def test_truncation_shortens_the_text_and_keeps_the_instruction(llama):
     tok = llama.tokenizer
-    instr = "Represent this: "
+    instr, text = "Represent this:\n", "one two three four five six seven eight"
     instr_ids = tok(instr, add_special_tokens=False)["input_ids"]
-    text_ids = tok("one two three four five six seven eight", add_special_tokens=False)["input_ids"]
+    joined = tok(instr + text, add_special_tokens=False)["input_ids"]
+    assert joined[:len(instr_ids)] == instr_ids  # a newline ends the instruction at a token boundary
     enc = Encoder(llama.model, tok, max_length=1 + len(instr_ids) + 3)
-    [item] = enc.tokenize(["one two three four five six seven eight"], instruction=instr)
-    assert item.ids == [tok.bos_token_id] + instr_ids + text_ids[:3]
+    [item] = enc.tokenize([text], instruction=instr)
+    assert item.ids == [tok.bos_token_id] + joined[:len(instr_ids) + 3]
     assert item.pool_start == 1 + len(instr_ids)
     with pytest.raises(L2VError, match="instruction"):
         Encoder(llama.model, tok, max_length=len(instr_ids)).tokenize(["x"], instruction=instr)
@@ -147,14 +148,18 @@ def test_instruction_is_attended_but_excluded_from_pooling(llama):
     without = llama.encode([text])[0]
     assert cos_rows(with_instr[None], without[None])[0] < 0.9999  # the instruction changed the states
 
-    # Manual computation: [BOS] + instruction tokens + text tokens; mean over the text tokens only.
-    instr_ids = tok(instr, add_special_tokens=False)["input_ids"]
-    text_ids = tok(text, add_special_tokens=False)["input_ids"]
-    ids = torch.tensor([[tok.bos_token_id] + instr_ids + text_ids])
+    # Manual computation, as sentence-transformers does it with a prompt: [BOS] + tok(instruction +
+    # text) as ONE string; the first len(tok(instruction)) tokens ([BOS] included) are not pooled.
+    ids = torch.tensor([tok(instr + text)["input_ids"]])
+    n_prompt = len(tok(instr)["input_ids"])
     with torch.no_grad():
         h = llama.model(input_ids=ids).last_hidden_state[0]
-    manual = h[1 + len(instr_ids):].mean(0).numpy()
+    manual = h[n_prompt:].mean(0).numpy()
     np.testing.assert_allclose(with_instr, manual, rtol=1e-4, atol=1e-5)
+    # control: tokenised apart ([BOS] + tok(instruction) + tok(text)) is a different input here,
+    # since the tokenizer glues the instruction's trailing space to the text's first word
+    apart = [tok.bos_token_id] + tok(instr, add_special_tokens=False)["input_ids"] + tok(text, add_special_tokens=False)["input_ids"]
+    assert apart != ids[0].tolist()
 
 
 # --------------------------------------------------------------------------- invariance and order

@@ -153,7 +153,7 @@ def test_no_prompt_runs_the_bare_text_and_instruction_the_tasks_prefix(tiny, mon
 
     monkeypatch.setattr(Encoder, "encode", spy)
     res = evaluate(tiny, "stsb", limit=8, cache=False)
-    assert seen == [None, "Retrieve semantically similar text: "]
+    assert seen == [None, "Retrieve semantically similar text:\n"]
     assert list(res["tasks"]["stsb"]) == ["no_prompt", "instruction"]
     assert res["tasks"]["stsb"]["no_prompt"]["instruction"] is None
     assert res["settings"]["protocols"] == ["no_prompt", "instruction"]
@@ -162,8 +162,8 @@ def test_no_prompt_runs_the_bare_text_and_instruction_the_tasks_prefix(tiny, mon
 
 
 def test_instruction_prefix_and_no_instructions():
-    assert as_prefix("Retrieve semantically similar text") == "Retrieve semantically similar text: "
-    assert as_prefix("Do X.") == "Do X: " and as_prefix(None) is None
+    assert as_prefix("Retrieve semantically similar text") == "Retrieve semantically similar text:\n"
+    assert as_prefix("Do X.") == "Do X:\n" and as_prefix(None) is None
     assert get_task("scifact").instruction.startswith("Given a scientific claim")
     assert get_task("scifact", instructions=False).instruction is None
 
@@ -217,7 +217,7 @@ def test_retrieval_limit_keeps_relevant_docs_and_queries_use_the_instruction(tin
 
     monkeypatch.setattr(Encoder, "encode", spy)
     task.run(tiny)
-    assert seen[0] == (3, "Given a scientific claim, retrieve documents that support or refute the claim: ")
+    assert seen[0] == (3, "Given a scientific claim, retrieve documents that support or refute the claim:\n")
     assert seen[1] == (len(task.docs), None)  # documents: no instruction
 
 

@@ -528,8 +528,7 @@ def test_real_smollm2_instruct_export(tmp_path):
     assert cos_rows(np.array(st_plain), ours(out, "mean", TEXTS)).min() >= 0.9999
     # An instruction ending in ":" tokenises the same jointly and separately, whatever the text.
     assert cos_rows(np.array(st_colon), ours(out, "mean", TEXTS, instruction=colon)).min() >= 0.9999
-    # Ending in a newline: the same, except for a text that starts with whitespace (SmolLM2's BPE
-    # merges "\n" with the following spaces when they are tokenised as one string).
-    c = cos_rows(np.array(st_nl), ours(out, "mean", TEXTS, instruction=QUERY))
-    starts_ws = np.array([t[:1].isspace() for t in TEXTS])
-    assert c[~starts_ws].min() >= 0.9999 and c[starts_ws].max() < 0.99
+    # Ending in a newline: the same for every text, one that starts with whitespace included (SmolLM2's
+    # BPE merges "\n" with the following spaces; both sides tokenise instruction + text as one string).
+    assert any(t[:1].isspace() for t in TEXTS)
+    assert cos_rows(np.array(st_nl), ours(out, "mean", TEXTS, instruction=QUERY)).min() >= 0.9999

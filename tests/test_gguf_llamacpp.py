@@ -53,8 +53,27 @@ def test_tiny_arch_llamacpp_equals_l2v_encode(arch, root):
     n, bad = check_tokenization(out, load_tokenizer(folder), probe_texts())
     assert n == 70 and bad == []
     res = compare_embeddings(folder, out, sts_sentences(), n_threads=THREADS)
-    assert res["served"]["min_cos"] >= 0.9999, res
+    assert res["served_ids"]["min_cos"] >= 0.9999, res  # llama.cpp's pooling, the sink sent as ids
     assert res["exact"]["min_cos"] >= 0.9999, res
+
+
+def test_calibrated_export_scale_reaches_llama_cpp(root, tmp_path):
+    """An export with --calibration (a per-dimension scale after pooling): the GGUF folds it into the
+    final norm, so llama.cpp's own pooling gives the scaled vectors `l2v encode` gives."""
+    from l2v_cli.encoding.dim_scale import read_dim_scale
+    from l2v_cli.stages.export import export
+
+    folder = bidir_folder("qwen2", root)
+    st = export(folder, tmp_path / "st", calibration=str(REPO / "data" / "unsup" / "wiki_sentences.txt"),
+                calibration_samples=64, verify=False)
+    scale = read_dim_scale(st)
+    out = write_gguf(st, tmp_path / "scaled-f32.gguf", gguf_type="f32").path
+    texts = sts_sentences(20)
+    res = compare_embeddings(st, out, texts, n_threads=THREADS)
+    assert res["served_ids"]["min_cos"] >= 0.9999 and res["exact"]["min_cos"] >= 0.9999, res
+    # control: the unscaled vectors are measurably different from what llama.cpp returned
+    plain = reference_embeddings(folder, texts)
+    assert cosine_rows(plain, plain * scale).mean() < res["served_ids"]["mean_cos"] - 1e-4
 
 
 def _first_token_shift(path: Path, ids: list[int], attention: str | None = None) -> float:
@@ -138,7 +157,7 @@ def test_smollm2_llamacpp_equals_l2v_encode(gguf_type, smollm, smollm_ref, root)
         n, bad = check_tokenization(out, load_tokenizer(smollm), probe_texts())
         assert n == 70 and bad == []
     res = compare_embeddings(smollm, out, sts_sentences(), n_threads=THREADS, reference=smollm_ref)
-    assert res["served"]["mean_cos"] >= TARGETS[gguf_type], res
+    assert res["served_ids"]["mean_cos"] >= TARGETS[gguf_type], res
     assert res["exact"]["mean_cos"] >= TARGETS[gguf_type], res
 
 
@@ -151,7 +170,7 @@ def test_instruction_served_vs_exact(smollm, root):
     texts = sts_sentences(20)
     res = compare_embeddings(smollm, path, texts, instruction=INSTRUCTION, n_threads=THREADS)
     assert res["exact"]["min_cos"] >= 0.9999, res
-    assert res["served"]["mean_cos"] < 0.99, res  # the difference is real: the instruction gets pooled
+    assert res["served_ids"]["mean_cos"] < 0.99, res  # the difference is real: the instruction gets pooled
     # the runnable script in docs/ gives the same vectors as `l2v encode --instruction`
     ref = reference_embeddings(smollm, texts[:3], instruction=INSTRUCTION)
     proc = subprocess.run([sys.executable, str(REPO / "docs" / "gguf_instruction_pooling.py"), str(path),
@@ -213,10 +232,12 @@ def _card_command(card: str, tool: str) -> list[str]:
 
 def test_serve_commands_from_the_card(smollm, smollm_ref, tmp_path):
     """Run the card's `llama-embedding` and `llama-server` lines as written (in the export folder)."""
+    import re
     import socket
     import time
     import urllib.request
 
+    from l2v_cli.gguf.llamacpp import LlamaCppModel
     from l2v_cli.stages.export.gguf_files import export_gguf
 
     export_gguf(smollm, tmp_path / "enc", gguf_types=["f16"])
@@ -231,7 +252,18 @@ def test_serve_commands_from_the_card(smollm, smollm_ref, tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     data = json.loads(proc.stdout[proc.stdout.index("{"):])
     got = np.array([d["embedding"] for d in data["data"]], dtype=np.float32)
-    assert cosine_rows(got, smollm_ref[:1]).min() >= 0.999
+    # a plain string: llama.cpp's own tokenization, no sink — the same as llama-cpp-python's served path
+    m = LlamaCppModel(folder / "enc-f16.gguf", n_threads=THREADS)
+    try:
+        plain = m.embed(texts[:1])
+    finally:
+        m.close()
+    assert cosine_rows(got, plain).min() >= 0.9999
+
+    # the card's curl request: token-id prompts (the sink's ids, then the text) as written there
+    body = json.loads(re.search(r"-d '(\{.*\})'", card).group(1))
+    prefix = [x for x in body["input"][0] if isinstance(x, int)]
+    assert prefix and all(row[:len(prefix)] == prefix for row in body["input"])
 
     server = _card_command(card, "llama-server")
     server[0] = _tool("llama-server")
@@ -249,11 +281,18 @@ def test_serve_commands_from_the_card(smollm, smollm_ref, tmp_path):
                     break
             except OSError:
                 time.sleep(0.5)
-        req = urllib.request.Request(url + "/v1/embeddings", data=json.dumps({"input": texts}).encode(),
-                                     headers={"Content-Type": "application/json"})
-        out = json.loads(urllib.request.urlopen(req, timeout=120).read())
-        got = np.array([d["embedding"] for d in sorted(out["data"], key=lambda d: d["index"])], dtype=np.float32)
+
+        def post(inputs):
+            req = urllib.request.Request(url + "/v1/embeddings", data=json.dumps({"input": inputs}).encode(),
+                                         headers={"Content-Type": "application/json"})
+            out = json.loads(urllib.request.urlopen(req, timeout=120).read())
+            return np.array([d["embedding"] for d in sorted(out["data"], key=lambda d: d["index"])],
+                            dtype=np.float32)
+
+        got = post([[*prefix, t] for t in texts])
         assert cosine_rows(got, smollm_ref[:4]).min() >= 0.999
+        # control: the plain strings lose the sink, and the vectors move
+        assert cosine_rows(post(texts), smollm_ref[:4]).mean() < 0.999
     finally:
         p.terminate()
         p.wait(timeout=30)

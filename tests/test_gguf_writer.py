@@ -64,6 +64,68 @@ def test_metadata_records_non_causal_pooling_and_tokenizer(llama, root):
     assert f["tokenizer.ggml.eos_token_id"] == tok.eos_token_id
 
 
+def test_attention_sink_ids_recorded_after_bos(llama, root):
+    """The converted tokenizer puts BOS, then the sink (EOS + " "), then the text; llama.cpp adds only
+    BOS, so the file carries the sink's ids for the client (l2v.sink_token_ids)."""
+    from transformers import AutoTokenizer
+
+    from l2v_cli.gguf.llamacpp import sink_ids
+
+    tok = AutoTokenizer.from_pretrained(llama)
+    sink = json.loads((llama / "config.json").read_text())["l2v"]["sink"]["ids"]
+    assert sink == [tok.eos_token_id, *tok(" ", add_special_tokens=False)["input_ids"]]
+    f = _fields(write_gguf(llama, root / "sink.gguf", gguf_type="f32").path)
+    assert f["l2v.sink_token_ids"] == ",".join(map(str, sink))  # a string: llama-cpp-python lists no arrays
+    plain = tok("a b", add_special_tokens=False)["input_ids"]
+    assert tok("a b")["input_ids"] == [f["tokenizer.ggml.bos_token_id"], *sink_ids(f), *plain]
+
+
+@pytest.fixture(scope="module")
+def nosink(root) -> Path:
+    """The tiny qwen2 made bidirectional with `bidir.sink: none`."""
+    from l2v_cli.stages.enable_bidir import enable_bidir
+
+    src = bidir_folder("qwen2", root).parent / "qwen2-causal"
+    out = root / "qwen2-nosink"
+    if not out.exists():
+        enable_bidir(str(src), out, verify=False, sink="none")
+    return out
+
+
+def test_no_sink_no_key(nosink, root):
+    assert not (json.loads((nosink / "config.json").read_text())["l2v"].get("sink") or {}).get("ids")
+    f = _fields(write_gguf(nosink, root / "nosink.gguf", gguf_type="f32").path)
+    assert "l2v.sink_token_ids" not in f
+
+
+@pytest.mark.parametrize("arch", ["llama", "gemma"])
+def test_export_scale_folded_into_the_final_norm(arch, root, tmp_path):
+    """An export with --calibration has a diagonal Dense after pooling; the GGUF multiplies the final
+    norm's weight by it (after Gemma's +1), so llama.cpp's pooled vectors come out scaled."""
+    import gguf
+    from safetensors import safe_open
+
+    from l2v_cli.encoding.dim_scale import read_dim_scale
+    from l2v_cli.stages.export import export
+
+    folder = bidir_folder(arch, root)
+    st = export(folder, tmp_path / "st", calibration=str(Path(__file__).parents[1] / "data/unsup/wiki_sentences.txt"),
+                calibration_samples=32, verify=False)
+    scale = read_dim_scale(st)
+    assert scale is not None and scale.std() > 0
+    out = write_gguf(st, tmp_path / "scaled.gguf", gguf_type="f32").path
+    with safe_open(str(folder / "model.safetensors"), "pt") as f:
+        hf = f.get_tensor(next(k for k in f.keys() if k.endswith("model.norm.weight") or k == "norm.weight")).numpy()
+    norms = {t.name: np.asarray(t.data) for t in gguf.GGUFReader(str(out)).tensors if t.name.endswith("norm.weight")}
+    plus = 1.0 if arch == "gemma" else 0.0
+    assert np.allclose(norms["output_norm.weight"], (hf + plus) * scale, rtol=1e-6, atol=1e-7)
+    assert _fields(out)["l2v.dim_scale"] == "folded into output_norm.weight"
+    # control: the same folder without the Dense module gets the plain norm
+    plain = write_gguf(folder, tmp_path / "plain.gguf", gguf_type="f32").path
+    pn = next(np.asarray(t.data) for t in gguf.GGUFReader(str(plain)).tensors if t.name == "output_norm.weight")
+    assert np.allclose(pn, hf + plus) and not np.allclose(pn, norms["output_norm.weight"])
+
+
 def test_tensor_names_shapes_and_types(llama, root):
     import gguf
 
@@ -252,9 +314,21 @@ def test_gguf_card_says_how_to_serve(llama, tmp_path):
     export_gguf(llama, tmp_path / "enc", gguf_types=["f16", "q8_0"], pooling="bos")
     card = (tmp_path / "enc" / "README.md").read_text()
     assert "llama-server -m enc-f16.gguf --embeddings --pooling cls --port 8080" in card
-    assert "llama-embedding -m enc-f16.gguf --pooling cls" in card
     assert "--pooling none" in card and "docs/gguf.md" in card
     assert "| `enc-q8_0.gguf` | q8_0 |" in card
+    # the attention sink: inputs go as token-id prompts (BOS <s>=1, then EOS </s>=2 and "Ġ"=224, then text)
+    assert '-d \'{"input": [[1, 2, 224, "a sentence"], [1, 2, 224, "another one"]]}\'' in card
+    assert "llama-embedding -m" not in card  # plain text only: it cannot send the sink
+
+
+def test_gguf_card_without_sink_serves_plain_strings(nosink, tmp_path):
+    from l2v_cli.stages.export.gguf_files import export_gguf
+
+    export_gguf(nosink, tmp_path / "enc", gguf_types=["f16"])
+    card = (tmp_path / "enc" / "README.md").read_text()
+    assert '-d \'{"input": ["a sentence", "another one"]}\'' in card
+    assert "llama-embedding -m enc-f16.gguf --pooling mean -p 'a sentence' --embd-output-format json" in card
+    assert "attention sink" not in card and "token-id prompt" not in card
 
 
 def test_eval_of_our_gguf_without_llama_cpp_is_one_line(llama, tmp_path, capsys, monkeypatch):

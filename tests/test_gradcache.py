@@ -86,6 +86,15 @@ def test_simcse_dropout_views_match_plain_step(chunk):
     assert_same(plain, cached_step(model, model, [X, X], simcse, chunk))
 
 
+def test_matryoshka_loss_matches_plain_step():
+    # The prefixes share one forward: GradCache caches d loss / d embedding of the summed loss.
+    model = mlp()
+    loss_fn = lambda a, b: info_nce(a, b, 20.0, dims=[2, 4, 8], weights=[1.0, 1.0, 0.5])
+    plain = plain_step(model, model, [X, X], loss_fn, 3)
+    assert_same(plain, cached_step(model, model, [X, X], loss_fn, 3))
+    assert max_rel_diff(plain_step(model, model, [X, X], simcse, 3)[1], plain[1]) > 0.05  # control
+
+
 def test_without_rng_replay_the_gradients_are_wrong(monkeypatch):
     model = mlp()
     plain = plain_step(model, model, [X, X], simcse, 3)

@@ -180,3 +180,36 @@ def test_bad_inputs_are_one_line_and_write_nothing(bidir, tmp_path, capsys):
                                             "-o", o], capsys, tmp_path)
     assert "causal (unconverted)" in _refused(["mine", "tiny-llama", "--data", str(pairs), "--range", "0:3",
                                                "-o", o], capsys, tmp_path)
+
+
+# --------------------------------------------------------------------------- the `mine` stage of a run
+def test_convert_runs_mntp_then_mine_then_supervised_on_the_mined_rows(tmp_path, monkeypatch):
+    from l2v_cli.config import load_recipe
+    from l2v_cli.stages.convert import convert
+
+    monkeypatch.setenv("L2V_CACHE", str(tmp_path / "cache"))
+    r = load_recipe("smoke", ["stages=[enable-bidir,train-mntp,mine,train-supervised,export]",
+                              "mntp.data.max_samples=40", "mntp.train.max_steps=2", "mntp.train.save_steps=2",
+                              "supervised.data.max_samples=24", "supervised.train.max_steps=2",
+                              "supervised.train.save_steps=2", "mine.range=[1,8]", "dtype=float32"])
+    out = tmp_path / "run"
+    convert("tiny-llama", r, out, echo=lambda *_: None)
+    mined = out / "03_mine"
+    assert (mined / "DONE.json").exists() and (mined / "mining.json").exists()
+    stats = json.loads((mined / "mining.json").read_text())
+    assert {s["queries"] for s in stats["sets"].values()} == {24}  # the supervised data, capped per set
+    assert not list(out.glob(".03_mine.model.*"))  # the merged model it mined with is gone
+    sup = out / "04_train-supervised"
+    cfg = (sup / "config.yaml").read_text()
+    assert str(mined) in cfg and "instructions.json" in cfg  # trained on the mined rows
+    # the supervised stage starts from MNTP (mine does not feed a model)
+    assert json.loads((sup / "input.json").read_text())["input"] == str(out / "02_train-mntp")
+    assert (out / "final" / "model.safetensors").exists()
+
+
+def test_a_mine_stage_without_pairs_is_one_clear_error():
+    from l2v_cli.config import load_recipe
+
+    with pytest.raises(L2VError, match="stage 'mine' needs training data but mine.data.path is empty"):
+        load_recipe("smoke", ["stages=[enable-bidir,train-mntp,mine,train-supervised,export]",
+                              "supervised.data.path=null"])

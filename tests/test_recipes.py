@@ -21,7 +21,7 @@ from l2v_cli.config import (
 )
 from l2v_cli.errors import L2VError
 
-SHIPPED = ["cpu-demo", "smoke", "supervised", "unsup"]
+SHIPPED = ["cpu-demo", "cpu-demo-sup", "smoke", "supervised", "unsup"]
 
 
 def error_of(name_or_path, overrides=()) -> str:
@@ -42,7 +42,7 @@ MINIMAL = "stages: [export]\n"
 # --------------------------------------------------------------------------- shipped recipes
 
 
-def test_the_four_recipes_ship_with_descriptions():
+def test_the_shipped_recipes_ship_with_descriptions():
     listed = dict(list_recipes())
     assert sorted(listed) == SHIPPED
     assert all(listed[n] for n in SHIPPED)
@@ -90,7 +90,8 @@ def test_supervised_has_the_paper_settings():
 def test_smoke_runs_every_stage_briefly_on_the_tiny_model():
     r = load_recipe("smoke")
     assert r.model == "tiny-llama"
-    assert r.stages == list(STAGES)
+    # every stage but `mine`, which tests/test_mine.py runs inside a conversion
+    assert r.stages == [s for s in STAGES if s != "mine"]
     for section in (r.mntp, r.simcse, r.supervised):
         assert section.train.max_steps == 6
         assert section.train.per_device_batch_size == 4
@@ -105,6 +106,13 @@ def test_cpu_demo_uses_smollm2_and_ends_with_eval():
     r = load_recipe("cpu-demo")
     assert r.model == "smollm2-135m"
     assert r.stages == ["enable-bidir", "train-mntp", "train-simcse", "export", "eval"]
+
+
+def test_cpu_demo_sup_mines_with_the_mntp_model_then_trains_supervised():
+    r = load_recipe("cpu-demo-sup")
+    assert r.stages == ["enable-bidir", "train-mntp", "mine", "train-supervised", "export", "eval"]
+    demo = load_recipe("cpu-demo")
+    assert (r.bidir, r.mntp) == (demo.bidir, demo.mntp)  # the same first stages as `make demo`
 
 
 def test_section_defaults_survive_a_partial_section(tmp_path):
@@ -323,7 +331,7 @@ def test_top_level_must_be_a_mapping(tmp_path):
 
 def test_unknown_recipe_name_lists_the_shipped_ones():
     assert error_of("unsupp") == (
-        "unknown recipe 'unsupp' (shipped recipes: cpu-demo, smoke, supervised, unsup)"
+        "unknown recipe 'unsupp' (shipped recipes: cpu-demo, cpu-demo-sup, smoke, supervised, unsup)"
         " — fix: did you mean 'unsup'? (or give a path to a .yaml file)"
     )
 

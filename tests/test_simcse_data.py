@@ -79,3 +79,17 @@ def test_the_stage_logs_and_records_what_it_dropped(tmp_path, capsys):
         in capsys.readouterr().out
     rec = json.loads((out / "stage.json").read_text())
     assert rec["sentences"] == 16 and rec["dropped"] == {"short": 4, "markup": 16}
+
+
+def test_loss_spike_log_check(tmp_path, capsys):
+    """A logged loss above 2x the median of the losses before it is reported (step, loss, median)."""
+    from l2v_cli.training.spine import loss_spikes
+
+    def write(losses):
+        p = tmp_path / "metrics.jsonl"
+        p.write_text("".join(json.dumps({"step": 5 * (i + 1), "loss": x}) + "\n" for i, x in enumerate(losses))
+                     + json.dumps({"step": 99, "train_runtime": 1.0}) + "\n")
+        return p
+
+    assert loss_spikes(write([0.9, 0.5, 0.3, 0.2, 0.35, 0.1])) == []  # noisy, never 2x the median
+    assert loss_spikes(write([0.07, 0.05, 0.06, 0.04, 2.5, 0.02])) == [(25, 2.5, 0.055)]

@@ -155,3 +155,13 @@ def test_stage_names_are_spelled_only_in_the_registry():
     assert found == []
     # control: the registry itself does spell them, so the scan sees literals
     assert names <= {v for v, _ in _string_constants(PKG / "stages" / "registry.py")}
+
+
+def test_every_subpackage_is_in_the_wheel():
+    """pyproject.toml lists packages by hand: a new folder missing there is absent from a normal
+    (non-editable) install."""
+    import tomllib
+
+    listed = set(tomllib.loads((PKG.parent / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    found = {module_name(p.parent / "__init__.py") for p in PKG.rglob("__init__.py")}
+    assert found - listed == set()

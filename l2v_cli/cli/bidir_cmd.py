@@ -24,6 +24,9 @@ def enable_bidir_cmd(
         "GGUF/tiny), float32, bfloat16 or float16."),
     verify: bool = typer.Option(True, "--verify/--no-verify", help="Probe bidirectionality in memory and "
                                 "after a plain reload of the written folder (default on)."),
+    sink: str = typer.Option(
+        "auto", "--sink", help="Attention sink the tokenizer puts before every text so bare text embeds well: "
+        "auto (EOS + a lone space token), none, or a literal text."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace OUT if it exists (only once the new one is complete)."),
     trust_remote_code: bool = typer.Option(False, "--trust-remote-code", help="Allow models that need their repo's Python code."),
     allow_pickle: bool = typer.Option(False, "--allow-pickle", help="Allow pickle (.bin) weights; only for sources you trust."),
@@ -33,7 +36,8 @@ def enable_bidir_cmd(
     from l2v_cli.stages.enable_bidir import enable_bidir
 
     report = enable_bidir(model, out, attn_implementation=attn_implementation, verify=verify, dtype=dtype,
-                          overwrite=overwrite, trust_remote_code=trust_remote_code, allow_pickle=allow_pickle)
+                          overwrite=overwrite, trust_remote_code=trust_remote_code, allow_pickle=allow_pickle,
+                          sink=sink)
     if json_out:
         import json
 

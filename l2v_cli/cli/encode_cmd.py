@@ -4,6 +4,12 @@ FILE is `.txt` (one text per line; row i of the output is line i+1, a blank line
 text) or `.jsonl` (one JSON object with a string `text` per non-blank line). Everything the user
 can get wrong is checked before the model is loaded, and reported as one line naming the file
 and line. The output is written atomically (temp file in the same folder, then os.replace).
+
+`--dim N` keeps the first N numbers of each embedding (a Matryoshka prefix; `--normalize` then
+normalises the prefix). `--precision` stores the vectors quantized (encoding/quantize.py); for
+int8/uint8 the per-dimension ranges used are written beside the output as OUT.ranges.npy —
+computed from the output itself, or from `--calibration` (a .txt/.jsonl of texts encoded the same
+way, or a ranges .npy written earlier, e.g. the corpus's, so queries share its buckets).
 """
 
 from __future__ import annotations
@@ -95,18 +101,37 @@ def encode_command(
     normalize: bool = typer.Option(False, "--normalize", help="Scale each embedding to unit length."),
     max_length: int = typer.Option(512, "--max-length", min=1, help="Tokens per text, instruction included (the text is truncated)."),
     batch_size: int = typer.Option(32, "--batch-size", min=1, help="Texts per forward pass."),
-    dtype: str = typer.Option("auto", "--dtype", help="auto (bf16 where native, else fp32) | bfloat16 | float16 | float32."),
+    dtype: str = typer.Option("auto", "--dtype", help="auto (fp32 on CPU, bf16 on a GPU) | bfloat16 | float16 | float32."),
     attn_implementation: str = typer.Option("sdpa", "--attn-implementation", help="sdpa | eager | flash_attention_2 | auto."),
     bidirectional: Optional[bool] = typer.Option(None, "--bidirectional/--causal", help="Force the attention mode (default: as saved in the model's config)."),
     trust_remote_code: bool = typer.Option(False, "--trust-remote-code", help="Allow model code from the model folder/hub repo."),
     allow_pickle: bool = typer.Option(False, "--allow-pickle", help="Allow pickle (.bin) weights; only for sources you trust."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar (stderr)."),
+    dim: Optional[int] = typer.Option(None, "--dim", help="Keep the first N numbers of each embedding (a Matryoshka "
+                                      "width; default: all)."),
+    precision: str = typer.Option("float32", "--precision", help="float32 | float16 | int8 | uint8 | binary | "
+                                  "ubinary (sentence-transformers' quantizer; bits are packed 8 to a byte)."),
+    calibration: Optional[Path] = typer.Option(None, "--calibration", help="int8/uint8: ranges from these texts "
+                                               "(.txt/.jsonl) or a ranges .npy (e.g. OUT.ranges.npy of the corpus); "
+                                               "default: from the output itself."),
 ) -> None:
     """Embed every text in FILE with MODEL and save the matrix as a .npy file."""
     from l2v_cli.encoding import check_pooling
+    from l2v_cli.encoding.quantize import parse_precision
 
     check_pooling(pooling)
+    prec = parse_precision(precision)
+    if prec.rescore:
+        raise L2VError(f"--precision {prec} names a rescoring step, which belongs to a search",
+                       where="--precision", fix=f"store --precision {prec.store} (and int8 vectors for rescoring); "
+                       "`l2v eval --precision` scores P+R searches")
+    if calibration is not None and prec.store not in ("int8", "uint8"):
+        raise L2VError(f"--calibration sets int8/uint8 ranges; --precision {prec} has none", where="--calibration",
+                       fix="drop --calibration, or use --precision int8")
+    if dim is not None and dim < 1:
+        raise L2VError(f"--dim must be a positive whole number, got {dim}", where="--dim", fix="e.g. --dim 256")
     texts = read_texts(input)
+    cal_texts = read_texts(calibration) if calibration is not None and calibration.suffix.lower() != ".npy" else None
     tmp = _open_output(output)
     try:
         import time
@@ -114,6 +139,7 @@ def encode_command(
         import numpy as np
         from rich.console import Console
 
+        from l2v_cli.encoding.dims import trained_dims_of
         from l2v_cli.encoding.encoder import Encoder
         from l2v_cli.utils.device import resolve_dtype
 
@@ -133,15 +159,33 @@ def encode_command(
                                 bidirectional=bidirectional, lm_head=False,
                                 trust_remote_code=trust_remote_code, allow_pickle=True)
             enc = Encoder(loaded.model, loaded.tokenizer, pooling=pooling, max_length=max_length, name=loaded.name)
+            enc.trained_dims = trained_dims_of(loaded.path)
         else:
             enc = Encoder.from_pretrained(model, pooling=pooling, dtype=dtype, max_length=max_length,
                                           attn_implementation=attn_implementation, bidirectional=bidirectional,
                                           trust_remote_code=trust_remote_code)
         t_load = time.perf_counter() - t_load
+        width = enc.check_dim(dim, "--dim")
+        ranges = None
+        if calibration is not None and cal_texts is None:  # a ranges .npy: check its width first
+            from l2v_cli.encoding.quantize import load_ranges
+
+            ranges = load_ranges(calibration, width)
         t0 = time.perf_counter()
         emb = enc.encode(texts, instruction=instruction, batch_size=batch_size, normalize=normalize,
-                         show_progress=progress and console.is_terminal)
+                         show_progress=progress and console.is_terminal, dim=dim)
         secs = time.perf_counter() - t0
+        if prec.store in ("int8", "uint8") and ranges is None:
+            from l2v_cli.encoding.quantize import calibration_ranges
+
+            cal = emb if cal_texts is None else enc.encode(cal_texts, instruction=instruction, batch_size=batch_size,
+                                                          normalize=normalize, dim=dim)
+            ranges = calibration_ranges(cal)
+        from l2v_cli.encoding.quantize import quantize
+
+        emb = quantize(emb, prec, ranges)
+        if ranges is not None:
+            _write_npy(ranges_path(output), ranges)
         np.save(tmp, emb, allow_pickle=False)
         tmp.flush()
         os.fsync(tmp.fileno())
@@ -157,12 +201,29 @@ def encode_command(
         raise
     stats = enc.last_stats
     console.print(
-        f"encoded [bold]{len(texts)}[/] texts → {output} ({emb.shape[0]}×{emb.shape[1]} float32) "
+        f"encoded [bold]{len(texts)}[/] texts → {output} ({emb.shape[0]}×{emb.shape[1]} {emb.dtype}, {prec}"
+        + (f"; ranges → {ranges_path(output)}" if ranges is not None else "") + ") "
         f"in {secs:.2f} s: [bold]{len(texts) / max(secs, 1e-9):.1f}[/] sentences/s, "
         f"{stats.get('tokens', 0)} tokens; pooling={pooling}, dtype={str(enc.dtype).replace('torch.', '')}, "
         f"device={enc.device}, model loaded in {t_load:.1f} s",
         highlight=False, soft_wrap=True,
     )
+
+
+def ranges_path(output: Path) -> Path:
+    """Where the int8/uint8 ranges of OUT.npy go: OUT.ranges.npy."""
+    return output.with_name(output.name[:-len(".npy")] + ".ranges.npy")
+
+
+def _write_npy(path: Path, arr) -> None:
+    import numpy as np
+
+    with tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp", delete=False) as f:
+        np.save(f, arr, allow_pickle=False)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(f.name, 0o666 & ~umask)
+    os.replace(f.name, path)
 
 
 def register(app) -> None:

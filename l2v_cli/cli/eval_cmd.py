@@ -5,7 +5,8 @@ your own data (sts:FILE.jsonl, retrieval:DIR, classification:DIR, clustering:FIL
 docs/eval.md. Task files are checked before any model is loaded. Embeddings are cached, so a
 rerun with the same model and settings encodes nothing. `--compare OTHER` evaluates a second
 model with the same settings and prints both side by side with Δ = MODEL − OTHER; either spec may
-end in `@causal` or `@bidirectional` to pick its attention mode.
+end in `@causal` or `@bidirectional` to pick its attention mode. `--dims` / `--precision` add the
+quality-per-byte table: each task on truncated and quantized views of the same embeddings.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ def eval_command(
                                         "banking77,stackoverflow (none when only --mteb is given)."),
     pooling: str = typer.Option("mean", "--pooling", "-p", help="mean | weighted_mean | last_token | eos | bos."),
     dtype: str = typer.Option("auto", "--dtype",
-                              help="auto (bf16 where native, else fp32) | bfloat16 | float16 | float32."),
+                              help="auto (fp32 on CPU, bf16 on a GPU) | bfloat16 | float16 | float32."),
     batch_size: int = typer.Option(32, "--batch-size", min=1, help="Texts per forward pass."),
     max_length: int = typer.Option(512, "--max-length", min=1, help="Tokens per text, instruction included."),
     bidirectional: Optional[bool] = typer.Option(None, "--bidirectional/--causal",
@@ -64,11 +65,22 @@ def eval_command(
                                   "at its own token (same_token) and/or at the token before (next_token)."),
     train_limit: Optional[int] = typer.Option(None, "--train-limit", min=1, help="Word tasks: a seeded sample "
                                               "of N train sentences (the test set follows --limit)."),
+    dims: Optional[str] = typer.Option(None, "--dims", help="Also score truncated embeddings: widths, e.g. "
+                                       "64,128,256,full (one row per width in the quality-per-byte table)."),
+    precision: Optional[str] = typer.Option(None, "--precision", help="Also score quantized embeddings: "
+                                            "float32, float16, int8, uint8, binary, ubinary; P+int8 / P+binary "
+                                            "rescores a retrieval's top candidates with the float query, e.g. "
+                                            "binary+int8. Comma-separated."),
+    rescore_multiplier: int = typer.Option(4, "--rescore-multiplier", min=1, help="P+R precisions: candidates "
+                                           "rescored per result kept."),
 ) -> None:
     """Evaluate MODEL on STS, retrieval, classification and clustering tasks (optionally against OTHER)."""
     from rich.console import Console
 
+    from l2v_cli.cli.eval_compact import print_per_byte
     from l2v_cli.encoding import check_pooling
+    from l2v_cli.encoding.dims import parse_dims
+    from l2v_cli.encoding.quantize import parse_precisions
     from l2v_cli.errors import L2VError
     from l2v_cli.eval.runner import compare as compare_results
     from l2v_cli.eval.runner import evaluate, load_encoder, parse_model_spec, run_mteb, write_json
@@ -78,6 +90,10 @@ def eval_command(
     # Everything the user can get wrong, before any model loads.
     check_pooling(pooling)
     resolve_dtype(dtype)
+    if dims is not None:
+        parse_dims(dims, "--dims")
+    if precision is not None:
+        parse_precisions(precision)
     spec_a, mode_a = parse_model_spec(model, bidirectional)
     others = [parse_model_spec(c, compare_bidirectional) for c in compare or []]
     spec_b, mode_b = others[0] if len(others) == 1 else (None, None)
@@ -91,8 +107,8 @@ def eval_command(
     if word_tasks is not None:
         from l2v_cli.cli.word_eval import run_word_eval
 
-        if tasks is not None or mteb:
-                raise L2VError("--word-tasks runs word-level probes only", where="--tasks/--mteb",
+        if tasks is not None or mteb or dims is not None or precision is not None:
+                raise L2VError("--word-tasks runs word-level probes only", where="--tasks/--mteb/--dims/--precision",
                            fix="run sentence tasks (--tasks/--mteb) and word tasks in two calls")
         report = run_word_eval([(spec_a, mode_a), *others], word_tasks, data, positions=positions, layer=layer,
                                subword=subword, dtype=dtype, batch_size=batch_size, cache=cache,
@@ -122,6 +138,7 @@ def eval_command(
                                                bidirectional=mode, attn_implementation=attn_implementation,
                                                trust_remote_code=trust_remote_code)
         res = evaluate(enc, task_list, batch_size=batch_size, protocols=protocols, cache=cache, limit=limit,
+                       dims=dims, precisions=precision, rescore_multiplier=rescore_multiplier,
                        show_progress=err.is_terminal, on_start=lambda name: err.print(f"  {name}: running…"),
                        on_task=lambda name, r: err.print("  " + _task_line(name, r)))
         res["load_s"] = round(load_s, 2)
@@ -143,11 +160,13 @@ def eval_command(
 
         runs = [res_a] + [run_one(s, m) for s, m in others]
         render_table(eval_table(task_list, protocols, [table_row(r["model"], r["spec"], r) for r in runs]), out)
+        print_per_byte(out, runs)
         _save({"runs": runs}, output, _slug(res_a["model"]) + f"-vs-{len(others)}", out)
         return
     if spec_b is None:
         report = res_a
         print_results(out, res_a)
+        print_per_byte(out, [res_a])
     else:
         res_b = run_one(spec_b, mode_b)
         if res_a["model"] == res_b["model"]:  # same spec and mode: tell them apart in the table
@@ -155,6 +174,7 @@ def eval_command(
         report = {"runs": [res_a, res_b], "delta": compare_results(res_a, res_b),
                   "delta_is": f"{res_a['model']} minus {res_b['model']}"}
         print_comparison(out, res_a, res_b)
+        print_per_byte(out, [res_a, res_b])
     _save(report, output, _slug(res_a["model"]) + (f"-vs-{_slug(report['runs'][1]['model'])}" if spec_b else ""),
           out)
 

@@ -26,6 +26,10 @@ def export_command(
                                                "the INPUT that stage was trained from."),
     verify: bool = typer.Option(True, "--verify/--no-verify", help="Reload OUT with plain transformers and probe "
                                 "that it is bidirectional (default on)."),
+    calibration: Optional[str] = typer.Option(None, "--calibration", help="A file of ordinary texts: scale each "
+                                              "embedding dimension by 1/its standard deviation over a sample of "
+                                              "them (a Dense module before Normalize; see docs/quality.md)."),
+    calibration_samples: int = typer.Option(2000, "--calibration-samples", min=2, help="Texts drawn from --calibration."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace OUT if it exists (only once the new one is complete)."),
     fmt: str = typer.Option("st", "--format", help="st (sentence-transformers folder), gguf (llama.cpp), or "
                             "st,gguf (both in OUT). See docs/gguf.md."),
@@ -45,13 +49,14 @@ def export_command(
                                    pooling=pooling, normalize=normalize, query_instruction=query_instruction,
                                    document_instruction=document_instruction, overwrite=overwrite, dtype=dtype,
                                    max_shard_size=max_shard_size, max_seq_length=max_seq_length,
-                                   stage_input=stage_input, verify=verify)
+                                   stage_input=stage_input, verify=verify, calibration=calibration,
+                                   calibration_samples=calibration_samples)
     from l2v_cli.stages.export import export
 
     rep = export(source, out, dtype=dtype, pooling=pooling, normalize=normalize, max_shard_size=max_shard_size,
                  query_instruction=query_instruction, document_instruction=document_instruction,
                  overwrite=overwrite, max_seq_length=max_seq_length, stage_input=stage_input, verify=verify,
-                 report=True)
+                 report=True, calibration=calibration, calibration_samples=calibration_samples)
     n = len(rep.chain.adapters)
     typer.echo(f"wrote {rep.out}  ({rep.source_kind}: base {rep.chain.base_model} + {n} adapter"
                f"{'' if n == 1 else 's'} merged; pooling={rep.pooling}, normalize={rep.normalize}, "

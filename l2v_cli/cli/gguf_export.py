@@ -29,3 +29,7 @@ def export_gguf_command(source: Path, out: Path, *, fmt: str, gguf_type: str, al
 
     typer.echo(f"serve it: llama-server -m {first.path} --embeddings --pooling {SERVED_POOLING[first.pooling]}",
                err=True)
+    if first.sink_ids:
+        what = "BOS, then the attention sink" if first.add_bos else "the attention sink"
+        typer.echo(f"send each text after the token ids {first.prefix_ids} ({what}): "
+                   "{\"input\": [[" + ", ".join(map(str, first.prefix_ids)) + ", \"a text\"]]} (README.md)", err=True)

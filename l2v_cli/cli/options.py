@@ -1,7 +1,7 @@
 """Options shared by several commands, defined once.
 
 `launcher_options` adds the launcher options (--gpus, --nodes, --hostfile, --launcher, --deepspeed,
---master-port) to a Typer command and hands them to it as one dict, `launch`, whose keys are the
+--master-port, --node-rank, --master-addr) to a Typer command and hands them to it as one dict, `launch`, whose keys are the
 keyword arguments of `l2v_cli.launch.launch_spec` (None = take the recipe's `launcher` section).
 """
 
@@ -21,7 +21,12 @@ LAUNCHER_OPTIONS: dict[str, tuple[type, str, str]] = {
     "hostfile": (str, "--hostfile", "DeepSpeed hostfile for multi-node runs."),
     "launcher": (str, "--launcher", "none | torchrun | deepspeed."),
     "deepspeed": (str, "--deepspeed", "zero2 | zero3 | PATH to a DeepSpeed JSON (default: the recipe's)."),
-    "master_port": (int, "--master-port", "Rendezvous port."),
+    "master_port": (int, "--master-port", "Rendezvous port of the workers; a multi-node run's l2v processes "
+                    "also use the next one."),
+    "node_rank": (int, "--node-rank", "This node's rank in a multi-node run, 0..nodes-1 (default: SLURM_NODEID, "
+                  "else the recipe's launcher.node_rank). Node 0 runs the single-process stages."),
+    "master_addr": (str, "--master-addr", "Address of node 0 (default: the first host of the SLURM job, else "
+                    "the recipe's launcher.master_addr)."),
 }
 
 

@@ -14,6 +14,7 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any, Callable, Literal, NamedTuple, Optional, Union
 
+from l2v_cli.encoding.dims import FULL, check_dims
 from l2v_cli.errors import L2VError, closest, did_you_mean
 from l2v_cli.stages import registry
 from l2v_cli.utils.dtypes import NAMES as DTYPE_NAMES
@@ -90,6 +91,18 @@ class DataConfig:
     format: DataFormat = opt("auto", "Input format; auto = from the file extension / hub name.")
 
 
+@dataclass
+class MatryoshkaConfig:
+    """Matryoshka training of a contrastive stage: the loss on every trained prefix."""
+
+    dims: list[Union[int, Literal["full"]]] = opt(
+        list, "Matryoshka widths, e.g. [64, 128, 256, 512, full] (strictly increasing; full = the hidden "
+        "size): the same InfoNCE on each normalised prefix of the pooled embedding, summed with `weights`, "
+        "one forward/backward per step. [] = off (plain training).")
+    weights: Optional[list[float]] = opt(
+        None, "Loss weight of each width in `dims` (same length); null = 1 for every width.")
+
+
 # --------------------------------------------------------------------------- stage sections
 
 
@@ -100,6 +113,10 @@ class BidirConfig:
         "(configs/families.yaml), eager if that one fails the bidirectionality probe."
     )
     verify: bool = opt(True, "Run the bidirectionality probe after patching (fails loudly).")
+    sink: str = opt(
+        "auto", "Attention sink the converted tokenizer puts before every text, so bare text embeds well "
+        "with no prompt (l2v_cli/modeling/sink.py): auto (EOS + a lone space token), none, or a literal text."
+    )
 
 
 @dataclass
@@ -150,6 +167,7 @@ class SimcseConfig:
         None, "null = plain SimCSE (both views are the bare sentence). An instruction puts the "
         "second view behind it (attended to, not pooled): the bare sentence's embedding is pulled "
         "towards the instructed one's, so the model learns to embed text well without a prompt.")
+    matryoshka: MatryoshkaConfig = opt(MatryoshkaConfig, "Matryoshka training (truncatable embeddings).")
     lora: LoraConfig = opt(LoraConfig, "LoRA adapter trained in this stage.")
     train: TrainConfig = opt(
         lambda: TrainConfig(max_steps=1000, per_device_batch_size=128, learning_rate=3e-5),
@@ -174,6 +192,7 @@ class SupervisedConfig:
     one_dataset_per_batch: bool = opt(True, "Draw each batch from a single dataset.")
     gather_across_processes: bool = opt(True, "Use other processes' embeddings as negatives.")
     grad_cache_chunk_size: int = opt(0, "GradCache chunk size for huge batches (0 = off).", ge=0)
+    matryoshka: MatryoshkaConfig = opt(MatryoshkaConfig, "Matryoshka training (truncatable embeddings).")
     lora: LoraConfig = opt(LoraConfig, "LoRA adapter trained in this stage.")
     train: TrainConfig = opt(
         lambda: TrainConfig(
@@ -181,6 +200,24 @@ class SupervisedConfig:
         ),
         "Trainer settings.",
     )
+
+
+@dataclass
+class MineConfig:
+    data: DataConfig = opt(
+        DataConfig, "Pairs to mine negatives for (query/positive, E5 layout or one file); empty = the "
+        "supervised stage's data. The supervised stage then trains on what this stage writes.")
+    instructions: Optional[Union[str, dict[str, str]]] = opt(
+        None, "Query instructions per data set (json path or mapping); null = the supervised stage's.")
+    corpus: Optional[str] = opt(None, "Text file to draw negatives from (null = the pairs' distinct positives).")
+    negatives: int = opt(1, "Negatives written per query (one row each).", ge=1)
+    range: list[int] = opt(lambda: [10, 100], "Candidate ranks [LO, HI) to sample from (0 = the best non-positive).")
+    max_score_ratio: float = opt(
+        0.95, "False-negative guard: drop candidates scoring above this x the positive's score.", gt=0, le=1)
+    pooling: Pooling = opt("mean", "Pooling of the mining encoder.")
+    max_length: int = opt(256, "Tokens per query / document when encoding.", gt=0)
+    batch_size: int = opt(32, "Texts per forward pass.", gt=0)
+    chunk_size: int = opt(4096, "Rows per block of the exact top-k search (bounds memory).", gt=0)
 
 
 @dataclass
@@ -195,6 +232,11 @@ class ExportConfig:
                                                 "folder), gguf (llama.cpp file in the same folder; docs/gguf.md).")
     gguf_types: list[Literal["f32", "f16", "bf16", "q8_0"]] = opt(lambda: ["q8_0"], "GGUF weight types "
                                                                    "(one file each) when formats has gguf.")
+    calibration: Optional[str] = opt(
+        None, "A file of ordinary texts: scale each embedding dimension by 1/its standard deviation over a "
+        "sample of them (a Dense module before Normalize; evens out the few outlier dimensions that "
+        "dominate a converted decoder's cosine). null = no scale.")
+    calibration_samples: int = opt(2000, "Texts drawn (seeded) from `calibration`.", gt=1)
 
 
 @dataclass
@@ -225,7 +267,15 @@ class LauncherConfig:
     nodes: int = opt(1, "Number of nodes.", gt=0)
     hostfile: Optional[str] = opt(None, "Hostfile for multi-node runs.")
     deepspeed: Optional[str] = opt(None, "null, zero2, zero3, or a path to a DeepSpeed .json.")
-    master_port: int = opt(29500, "Rendezvous port.", gt=0, le=65535)
+    master_port: int = opt(29500, "Rendezvous port of the workers; the l2v processes of a multi-node "
+                           "run coordinate on the next port (master_port + 1).", gt=0, le=65535)
+    node_rank: int = opt(0, "This node's rank, 0..nodes-1 (SLURM: SLURM_NODEID). Node 0 runs the "
+                         "single-process stages and writes the shared files.", ge=0)
+    master_addr: str = opt("127.0.0.1", "Address of node 0 (SLURM: the first host of the job's node list).")
+    timeout_s: int = opt(1800, "Collective timeout of the workers (seconds): when a rank dies, the "
+                         "others stop within it.", gt=0)
+    wait_s: int = opt(3600, "How long nodes > 0 wait for node 0 (its single-process stages, the shared "
+                      "folder, the coordination port) before giving up with an error.", gt=0)
 
 
 @dataclass
@@ -243,6 +293,7 @@ class Recipe:
     bidir: BidirConfig = opt(BidirConfig, _section_help("bidir", "switch attention to bidirectional."))
     mntp: MntpConfig = opt(MntpConfig, _section_help("mntp", "masked next-token prediction with LoRA."))
     simcse: SimcseConfig = opt(SimcseConfig, _section_help("simcse", "unsupervised SimCSE."))
+    mine: MineConfig = opt(MineConfig, _section_help("mine", "hard-negative mining for the supervised stage."))
     supervised: SupervisedConfig = opt(SupervisedConfig, _section_help("supervised", "contrastive."))
     export: ExportConfig = opt(ExportConfig, _section_help("export", "sentence-transformers folder."))
     eval: EvalConfig = opt(EvalConfig, _section_help("eval", "embedding benchmarks."))
@@ -430,8 +481,13 @@ def validate(recipe: Recipe, locate: Locate | None = None) -> Recipe:
             at,
             f"put '{first}' first in stages",
         )
-    for spec in registry.TRAINING:
+    mined = registry.MINE.name in stages  # the mine stage writes the supervised stage's data
+    for spec in (*registry.TRAINING, registry.MINE):
         stage, section = spec.name, spec.section
+        if spec is registry.SUPERVISED and mined:
+            continue
+        if spec is registry.MINE and recipe.supervised.data.path:
+            continue  # it mines the supervised stage's pairs
         if stage in stages and not getattr(recipe, section).data.path:
             raise L2VError(
                 f"stage '{stage}' needs training data but {section}.data.path is empty",
@@ -444,6 +500,8 @@ def validate(recipe: Recipe, locate: Locate | None = None) -> Recipe:
             where("mntp.mask_token", locate),
             "use auto, _, eos, mask or a token string",
         )
+    for section in ("simcse", "supervised"):
+        _check_matryoshka(getattr(recipe, section).matryoshka, f"{section}.matryoshka", locate)
     ds = recipe.launcher.deepspeed
     if ds is not None and ds not in ("zero2", "zero3") and not ds.endswith(".json"):
         raise L2VError(
@@ -452,6 +510,24 @@ def validate(recipe: Recipe, locate: Locate | None = None) -> Recipe:
             did_you_mean(ds, ["zero2", "zero3"]),
         )
     return recipe
+
+
+def _check_matryoshka(m: MatryoshkaConfig, key: str, locate: Locate | None) -> None:
+    """Dims increasing (the hidden size is checked when the stage loads the model); weights, when
+    given, one positive number per dim."""
+    if not m.dims:
+        if m.weights is not None:
+            raise L2VError(f"{key}.weights is set but {key}.dims is empty", where(f"{key}.weights", locate),
+                           f"set {key}.dims too, e.g. [64, 128, {FULL}], or drop the weights")
+        return
+    check_dims(m.dims, where(f"{key}.dims", locate))
+    if m.weights is not None:
+        if len(m.weights) != len(m.dims):
+            raise L2VError(f"{key}.weights has {len(m.weights)} values for {len(m.dims)} dims",
+                           where(f"{key}.weights", locate), "give one weight per dim, or null for 1 each")
+        if any(w <= 0 for w in m.weights):
+            raise L2VError(f"{key}.weights must be positive, got {m.weights}", where(f"{key}.weights", locate),
+                           "use weights > 0 (drop a width from dims instead of weighting it 0)")
 
 
 # --------------------------------------------------------------------------- documentation

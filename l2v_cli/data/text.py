@@ -14,9 +14,11 @@ from __future__ import annotations
 import contextlib
 import csv
 import hashlib
-import io
 import json
+import os
+import re
 import sys
+import tempfile
 from pathlib import Path
 from typing import Iterator
 
@@ -48,28 +50,45 @@ def read_utf8(path: Path) -> str:
                        "re-save the file as UTF-8, e.g. iconv -f latin1 -t utf-8 IN > OUT") from None
 
 
-def _lines(path: Path) -> list[str]:
-    # split("\n"), not splitlines(): the latter also splits on \x0b, \x1c, \u2028... and would
-    # make our line numbers disagree with every editor.
-    return [ln.rstrip("\r") for ln in read_utf8(path).split("\n")]
+def utf8_lines(path: Path) -> Iterator[str]:
+    """The file's lines, streamed (each with its "\n"); a non-UTF-8 byte is reported with its line
+    number. Split on "\n" only (not str.splitlines, which also splits on \x0b, \x1c, \u2028... and
+    would make our line numbers disagree with every editor)."""
+    with open(path, "rb") as f:
+        for n, raw in enumerate(f, start=1):
+            if n == 1 and raw.startswith(b"\xef\xbb\xbf"):  # a BOM (Excel's csv exports)
+                raw = raw[3:]
+            try:
+                yield raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise L2VError(f"{path.name} is not UTF-8 text (byte {raw[e.start]:#04x} on line {n})",
+                               f"{path}:{n}",
+                               "re-save the file as UTF-8, e.g. iconv -f latin1 -t utf-8 IN > OUT") from None
+
+
+def _lines(path: Path) -> Iterator[str]:
+    return (ln.rstrip("\n").rstrip("\r") for ln in utf8_lines(path))
 
 
 def iter_records(path: Path, fmt: str, columns: list[str] | None = None) -> Iterator[tuple[str, dict]]:
-    """(where, row) for each row of a jsonl/csv/parquet file; `where` is "file:line" (or row).
-    `columns` limits what parquet reads (a column store need not load the rest)."""
+    """(where, row) for each row of a jsonl/csv/parquet file, streamed; `where` is "file:line" (or
+    row). `columns` limits what parquet reads (a column store need not load the rest)."""
     if fmt == "jsonl":
         for n, row in iter_jsonl(_lines(path), path, 'write one JSON object per line, e.g. {"text": "..."}'):
             yield f"{path}:{n}", row
     elif fmt == "csv":
         csv.field_size_limit(sys.maxsize)  # paragraphs can exceed the 128 KiB default
-        reader = csv.DictReader(io.StringIO(read_utf8(path), newline=""))
+        reader = csv.DictReader(utf8_lines(path))
         for row in reader:
             yield f"{path}:{reader.line_num}", row
     elif fmt == "parquet":
         import pyarrow.parquet as pq
 
-        for i, row in enumerate(pq.read_table(path, columns=columns).to_pylist(), 1):
-            yield f"{path} row {i}", row
+        i = 0
+        for batch in pq.ParquetFile(path).iter_batches(batch_size=10_000, columns=columns):
+            for row in batch.to_pylist():
+                i += 1
+                yield f"{path} row {i}", row
     else:
         raise ValueError(fmt)
 
@@ -77,7 +96,7 @@ def iter_records(path: Path, fmt: str, columns: list[str] | None = None) -> Iter
 def file_columns(path: Path, fmt: str) -> list[str] | None:
     """Column names from the header (csv) or schema (parquet); None for jsonl (per-line keys)."""
     if fmt == "csv":
-        return next(csv.reader(io.StringIO(read_utf8(path), newline="")), [])
+        return next(csv.reader(utf8_lines(path)), [])
     if fmt == "parquet":
         import pyarrow.parquet as pq
 
@@ -93,25 +112,32 @@ def _text_of(row: dict, column: str, where: str) -> str:
                    f"put a string in '{column}' or choose another column with text_column=...")
 
 
-def _read_file(path: Path, fmt: str, column: str) -> list[str]:
+def _iter_file(path: Path, fmt: str, column: str) -> Iterator[str]:
+    """The stripped, non-empty texts of one file, streamed."""
     if fmt == "txt":
-        texts = [ln.strip() for ln in _lines(path)]
+        texts = (ln.strip() for ln in _lines(path))
     else:
         cols = file_columns(path, fmt)
         if cols is not None and column not in cols:
             raise L2VError(f"{path.name} has no column '{column}' (columns: {', '.join(cols)})",
                            str(path), f"set text_column to one of: {', '.join(cols)}")
-        texts = []
-        for where, row in iter_records(path, fmt, [column]):
-            if column not in row:
-                raise L2VError(f"no key '{column}' in this row (keys: {', '.join(row)})", where,
-                               f"set text_column to one of: {', '.join(row)}")
-            texts.append(_text_of(row, column, where))
-    texts = [t for t in texts if t]
-    if not texts:
+
+        def rows():
+            for where, row in iter_records(path, fmt, [column]):
+                if column not in row:
+                    raise L2VError(f"no key '{column}' in this row (keys: {', '.join(row)})", where,
+                                   f"set text_column to one of: {', '.join(row)}")
+                yield _text_of(row, column, where)
+
+        texts = rows()
+    any_text = False
+    for t in texts:
+        if t:
+            any_text = True
+            yield t
+    if not any_text:
         raise L2VError(f"{path.name} holds no text", str(path),
                        "give a file with at least one non-empty line / row")
-    return texts
 
 
 def _format_of(path: Path, fmt: str) -> str:
@@ -199,13 +225,15 @@ def load_hub(name: str, split: str, key: str = "data") -> datasets.Dataset:
         dcfg.HF_HUB_OFFLINE, constants.HF_HUB_OFFLINE = saved
 
 
-def _read_hub(name: str, split: str, column: str, key: str) -> list[str]:
-    ds = load_hub(name, split, key)
+def _iter_hub(ds: datasets.Dataset, name: str, column: str, key: str) -> Iterator[str]:
     if column not in ds.column_names:
         raise L2VError(f"hub dataset '{name}' has no column '{column}' "
                        f"(columns: {', '.join(ds.column_names)})", f"key {key}.text_column",
                        f"set {key}.text_column to one of: {', '.join(ds.column_names)}")
-    return [t.strip() for t in ds[column] if isinstance(t, str) and t.strip()]
+    for batch in ds.select_columns([column]).iter(batch_size=10_000):
+        for t in batch[column]:
+            if isinstance(t, str) and t.strip():
+                yield t.strip()
 
 
 # --------------------------------------------------------------------------- load_texts
@@ -215,6 +243,9 @@ def content_key(ds: datasets.Dataset) -> str:
     """A hash of what a Dataset holds — its length, column names and Arrow buffers, read through the
     public `Dataset.data` table — for cache keys: equal content built the same way gives the same
     key in every run."""
+    files = ds.cache_files
+    if len(files) == 1 and _KEYED.match(Path(files[0]["filename"]).name):
+        return _KEYED.match(Path(files[0]["filename"]).name).group(2)  # written by us, named by its key
     h = hashlib.sha256(str(len(ds)).encode())
     table = ds.data.table
     for name in table.column_names:
@@ -236,30 +267,89 @@ def content_dataset(columns: dict[str, list]) -> datasets.Dataset:
     return datasets.Dataset(InMemoryTable.from_pydict(columns), fingerprint=h.hexdigest()[:32])
 
 
-def load_texts(cfg: DataConfig, key: str = "data") -> datasets.Dataset:
-    """One column "text" (stripped, non-empty) from `cfg.path`: file, directory, list, or hub name.
+TEXT_FEATURES = datasets.Features({"text": datasets.Value("string")})
+_KEYED = re.compile(r"^(texts|tokens|blocks)-([0-9a-f]{32})\.arrow$")  # our cache files carry their key
+STREAM_BATCH = 10_000  # texts per Arrow record batch while streaming a corpus to disk
+LOADER_VERSION = 1  # bump when what load_texts keeps from a file changes
 
-    `key` is the config section (e.g. "mntp.data"), used to name the setting in errors."""
+
+def _sources(cfg: DataConfig, key: str):
+    """(label, stat, texts iterator factory) per source: files are streamed, hub data sets are read
+    from their memory-mapped cache. `stat` identifies the source's bytes without reading them."""
     paths = cfg.path if isinstance(cfg.path, list) else [cfg.path] if cfg.path else []
     if not paths:
         raise L2VError(f"no data: {key}.path is empty", f"key {key}.path",
                        f"set {key}.path to a file, directory or hub dataset")
-    texts: list[str] = []
+    out = []
     for name in paths:
         local = resolve_data_path(name)
         if cfg.format == "hub" or (not local.exists() and not looks_local(name)):
-            texts += _read_hub(name, cfg.split, cfg.text_column, key)
+            ds = load_hub(name, cfg.split, key)
+            stat = [name, cfg.split, [(f["filename"], Path(f["filename"]).stat().st_size) for f in ds.cache_files]]
+            out.append((name, stat, lambda ds=ds, name=name: _iter_hub(ds, name, cfg.text_column, key)))
         elif not local.exists():
             raise missing_path_error(name, key)
         else:
             for f in data_files(local):
-                texts += _read_file(f, _format_of(f, cfg.format), cfg.text_column)
-        if cfg.max_samples and len(texts) >= cfg.max_samples:
-            break  # later sources would be cut anyway
-    if not texts:
-        raise L2VError(f"no text in {', '.join(map(str, paths))}", f"key {key}.path",
-                       "give data with at least one non-empty text")
-    return content_dataset({"text": texts[: cfg.max_samples]})
+                st = f.stat()
+                fmt = _format_of(f, cfg.format)
+                out.append((str(f), [str(f.resolve()), st.st_size, st.st_mtime_ns, fmt],
+                            lambda f=f, fmt=fmt: _iter_file(f, fmt, cfg.text_column)))
+    return paths, out
+
+
+def load_texts(cfg: DataConfig, key: str = "data", cache_dir: str | Path | None = None) -> datasets.Dataset:
+    """One column "text" (stripped, non-empty) from `cfg.path`: file, directory, list, or hub name.
+
+    The texts are streamed into a memory-mapped Arrow file (`cache_dir/texts-<content hash>.arrow`),
+    never held as a Python list, so a corpus larger than memory works; a second call with the same
+    files (path, size, mtime) opens that file without reading the sources again. `key` is the config
+    section (e.g. "mntp.data"), used to name the setting in errors."""
+    import pyarrow as pa
+
+    cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    paths, sources = _sources(cfg, key)
+    index = cache_dir / f"texts-index-{_hash(LOADER_VERSION, cfg.text_column, cfg.max_samples, [s[1] for s in sources])}.json"
+    try:
+        known = cache_dir / f"texts-{json.loads(index.read_text())['key']}.arrow"
+        if known.exists():
+            return datasets.Dataset.from_file(str(known))
+    except (OSError, ValueError, KeyError):
+        pass
+    h, n, limit = hashlib.sha256(), 0, cfg.max_samples
+    schema = TEXT_FEATURES.arrow_schema
+    fd, tmp = tempfile.mkstemp(prefix=".texts-", suffix=".arrow.tmp", dir=cache_dir)
+    try:
+        with os.fdopen(fd, "wb") as f, pa.ipc.new_stream(f, schema) as writer:
+            batch: list[str] = []
+            for _, _, texts in sources:
+                for t in texts():
+                    h.update(t.encode() + b"\x00")
+                    batch.append(t)
+                    n += 1
+                    if len(batch) == STREAM_BATCH:
+                        writer.write_batch(pa.record_batch([pa.array(batch, pa.string())], schema=schema))
+                        batch = []
+                    if limit and n >= limit:
+                        break
+                if limit and n >= limit:
+                    break  # later sources would be cut anyway
+            if batch:
+                writer.write_batch(pa.record_batch([pa.array(batch, pa.string())], schema=schema))
+        if n == 0:
+            raise L2VError(f"no text in {', '.join(map(str, paths))}", f"key {key}.path",
+                           "give data with at least one non-empty text")
+        content = _hash("texts", n, h.hexdigest())
+        final = cache_dir / f"texts-{content}.arrow"
+        os.replace(tmp, final)
+        itmp = index.with_suffix(f".{os.getpid()}.tmp")
+        itmp.write_text(json.dumps({"key": content, "texts": n}))
+        os.replace(itmp, index)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return datasets.Dataset.from_file(str(final))
 
 
 # --------------------------------------------------------------------------- tokenisation

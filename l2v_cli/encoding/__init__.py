@@ -16,11 +16,14 @@ __all__ = ["POOLING_METHODS", "Encoder", "pool", "check_pooling", "as_prefix"]
 
 
 def as_prefix(instruction: str | None) -> str | None:
-    """'Do X' -> 'Do X: ', the instruction as the Encoder's prefix (attended to, not pooled): the
-    one spelling used by evaluation, supervised training and mining."""
+    """'Do X' -> 'Do X:\n', the instruction as the Encoder's prefix (attended to, not pooled): the
+    one spelling used by evaluation, supervised training and mining. It ends in a newline because
+    no tokenizer merges a newline into the next word, so instruction + text tokenises at an exact
+    boundary and every token of the text is pooled (after ": " a byte-level BPE or SentencePiece
+    tokenizer glues the space to the text's first word, which a prompt-length count then drops)."""
     if not instruction:
         return None
-    return instruction.strip().rstrip(".:").rstrip() + ": "
+    return instruction.strip().rstrip(".:").rstrip() + ":\n"
 
 
 def __getattr__(name: str):

@@ -9,14 +9,20 @@ The tokenizer's own special tokens are kept: at start-up we tokenise a probe tex
 without special tokens and read off the `prefix` (e.g. [BOS]) and `suffix` (e.g. [EOS] for
 tokenizers that append one) its post-processor adds. A text then becomes
 
-    prefix + tok(instruction) + tok(text) + suffix (+ [EOS] for `eos` pooling)
+    prefix + tok(text) + suffix                 (+ [EOS] for `eos` pooling)
+    prefix + tok(instruction + text) + suffix   with an instruction
+
+(a converted model's prefix ends with its attention sink, l2v_cli/modeling/sink.py)
 
 where `tok(...)` is the tokenizer without special tokens. Without an instruction this is exactly
-what `tokenizer(text)` returns. With one, instruction and text are tokenised separately so the
-boundary between them is exact (no token straddles it — end the instruction with ": " or a
-newline); every token up to the end of the instruction (the prefix too) is attended to but not
-pooled. Without an instruction every real token is pooled, BOS included (as sentence-transformers'
-mean pooling does).
+what `tokenizer(text)` returns. With one, instruction and text are tokenised as ONE string,
+`tok(instruction + text)`, and the first `prompt_length(instruction)` tokens (the prefix too) are
+attended to but not pooled — exactly what sentence-transformers does with a prompt and
+`include_prompt: false`, so `encode(texts, instruction=p)` equals `SentenceTransformer(export)
+.encode(texts, prompt=p)`. End an instruction where no token can straddle into the text (a
+newline, see `as_prefix`): with "query: " a byte-level BPE merges the space into the text's first
+word, and that word then falls inside the unpooled count. Without an instruction every real token
+is pooled, BOS included (as sentence-transformers' mean pooling does).
 
 Truncation to `max_length` shortens the text only: the prefix, the instruction, the suffix and,
 for `eos` pooling, the appended EOS are always kept (an instruction leaving no room is an error).
@@ -41,6 +47,7 @@ run through its base model so the LM head is never computed.
 from __future__ import annotations
 
 import inspect
+import sys
 import time
 from dataclasses import dataclass
 from typing import Iterable, Sequence
@@ -48,6 +55,8 @@ from typing import Iterable, Sequence
 import numpy as np
 import torch
 
+from l2v_cli.encoding.dim_scale import read_dim_scale
+from l2v_cli.encoding.dims import trained_dims_of, untrained_warning
 from l2v_cli.encoding.methods import POOLING_METHODS, check_pooling
 from l2v_cli.encoding.pooling import pool
 from l2v_cli.errors import L2VError
@@ -133,6 +142,9 @@ class Encoder:
             raise L2VError("pooling 'eos' needs a tokenizer with an EOS token, and this one has none",
                            where=str(self.name), fix="use --pooling mean or last_token")
         self.last_stats: dict = {}
+        self.trained_dims: list[int] | None = None  # Matryoshka widths (None: the full width only)
+        self.dim_scale: torch.Tensor | None = None  # per-dimension scale after pooling (encoding/dim_scale.py)
+        self._warned_dims: set[int] = set()
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -150,6 +162,9 @@ class Encoder:
         enc = cls(loaded.model, loaded.tokenizer, pooling=pooling, max_length=max_length,
                   padding_side=padding_side, name=loaded.name)
         enc.path = loaded.path
+        enc.trained_dims = trained_dims_of(loaded.path)
+        scale = read_dim_scale(loaded.path)
+        enc.dim_scale = None if scale is None else torch.from_numpy(scale)
         return enc
 
     # ------------------------------------------------------------------ properties
@@ -175,19 +190,31 @@ class Encoder:
         except (TypeError, UnicodeEncodeError):
             return [list(x) for x in self.tokenizer([_clean(t) for t in texts], **kw)["input_ids"]]
 
+    def prompt_length(self, instruction: str) -> int:
+        """Leading tokens an instruction takes, counted as sentence-transformers counts a prompt's
+        (`include_prompt: false`): the instruction tokenised alone with special tokens, less a
+        trailing special token (an appended EOS)."""
+        ids = list(self.tokenizer(_clean(instruction))["input_ids"])
+        if ids and ids[-1] in set(getattr(self.tokenizer, "all_special_ids", ())):
+            ids.pop()
+        return len(ids)
+
     def tokenize(self, texts: Sequence[str], instruction: str | None = None) -> list[Tokenized]:
         """Token ids and pooling start for each text (see the module docstring for the layout)."""
-        instr = self._plain([instruction])[0] if instruction else []
-        context = len(self.prefix) + len(instr) if instr else 0  # tokens before pool_start
         add_eos = self.pooling == "eos" and not (self.suffix and self.suffix[-1] == self.eos_id)
-        budget = self.max_length - len(self.prefix) - len(instr) - len(self.suffix) - int(add_eos)
-        if budget < 1:
-            raise L2VError(f"the instruction takes {len(instr)} tokens, leaving no room for the text "
-                           f"within max_length={self.max_length}", where="--instruction",
-                           fix="shorten the instruction or raise --max-length")
+        budget = self.max_length - len(self.prefix) - len(self.suffix) - int(add_eos)  # body tokens
+        context = 0  # tokens before pool_start
+        if instruction:
+            n_instr = len(self._plain([instruction])[0])
+            if n_instr >= budget:
+                raise L2VError(f"the instruction takes {n_instr} tokens, leaving no room for the text "
+                               f"within max_length={self.max_length}", where="--instruction",
+                               fix="shorten the instruction or raise --max-length")
+            context = self.prompt_length(instruction)
+            texts = [instruction + t for t in texts]  # one string, as sentence-transformers sends it
         out = []
         for body in self._plain(list(texts), budget):
-            ids = self.prefix + instr + body[:budget] + self.suffix
+            ids = self.prefix + body[:budget] + self.suffix
             if add_eos:
                 ids.append(self.eos_id)
             elif len(ids) <= context:  # nothing to pool (empty text): one filler token
@@ -231,12 +258,30 @@ class Encoder:
             h = self._backbone(**kw, output_hidden_states=True).hidden_states[-1]
         return h
 
+    def check_dim(self, dim: int | None, where: str = "dim") -> int:
+        """`dim` (None = the full width) checked against the model: an error above the hidden
+        size; a one-line warning (once per width) for a width it was not trained with."""
+        if dim is None:
+            return self.dim
+        if isinstance(dim, bool) or not isinstance(dim, int) or dim < 1:
+            raise L2VError(f"dim must be a positive whole number, got {dim!r}", where=where, fix="e.g. --dim 256")
+        if dim > self.dim:
+            raise L2VError(f"dim {dim} is larger than the model's hidden size {self.dim}", where=where,
+                           fix=f"use a width up to {self.dim}"
+                           + (f" (trained: {', '.join(map(str, self.trained_dims))})" if self.trained_dims else ""))
+        msg = untrained_warning(dim, self.trained_dims, self.dim)
+        if msg and dim not in self._warned_dims:
+            self._warned_dims.add(dim)
+            print(f"l2v: warning: {msg}", file=sys.stderr, flush=True)
+        return dim
+
     def encode(self, texts: Iterable[str] | str, instruction: str | None = None, batch_size: int = 32,
-               normalize: bool = False, show_progress: bool = False) -> np.ndarray:
+               normalize: bool = False, show_progress: bool = False, dim: int | None = None) -> np.ndarray:
         """Embed `texts`: np.ndarray float32 of shape (N, D), rows in input order.
 
         A single string is treated as a list of one (result shape (1, D)). `instruction` is
-        attended to but not pooled. `normalize` scales each row to unit L2 norm.
+        attended to but not pooled. `dim`: keep the first `dim` numbers of each embedding (a
+        Matryoshka prefix; result (N, dim)); `normalize` then scales each row to unit L2 norm.
         """
         if isinstance(texts, str):
             texts = [texts]
@@ -247,8 +292,9 @@ class Encoder:
                                fix="pass a list of strings")
         if not isinstance(batch_size, int) or batch_size < 1:
             raise L2VError(f"batch_size must be a positive integer, got {batch_size!r}", where="--batch-size")
+        width = self.check_dim(dim, "encode(dim=...)")
         t0 = time.perf_counter()
-        out = np.zeros((len(texts), self.dim), dtype=np.float32)
+        out = np.zeros((len(texts), width), dtype=np.float32)
         if not texts:
             return out
         items = self.tokenize(texts, instruction)
@@ -274,6 +320,9 @@ class Encoder:
                     batch = self.collate([items[i] for i in idx], device)
                     h = self.hidden_states(batch)
                     emb = pool(h, batch["pool_mask"], self.pooling)
+                    if self.dim_scale is not None:
+                        emb = emb * self.dim_scale.to(emb)
+                    emb = emb[:, :width]
                     if normalize:
                         emb = torch.nn.functional.normalize(emb, dim=-1)
                     out[idx] = emb.cpu().numpy()

@@ -70,13 +70,17 @@ def encoder_settings(encoder) -> dict:
     if hasattr(encoder, "settings_for_cache"):  # an encoder that is not a torch model (GGUFEncoder)
         return encoder.settings_for_cache()
     cfg = getattr(getattr(encoder, "_backbone", None), "config", None) or getattr(encoder.model, "config", None)
-    return {
+    out = {
         "model": model_fingerprint(getattr(encoder, "path", None)),
         "pooling": encoder.pooling,
         "dtype": str(encoder.dtype).replace("torch.", ""),
         "max_length": encoder.max_length,
         "bidirectional": bool(cfg is not None and is_bidirectional_config(cfg)),
     }
+    scale = getattr(encoder, "dim_scale", None)
+    if scale is not None:  # only then: the keys of models without one stay as they were
+        out["dim_scale"] = hashlib.sha256(scale.float().numpy().tobytes()).hexdigest()[:16]
+    return out
 
 
 class EmbeddingCache:

@@ -100,10 +100,21 @@ def v_measure(labels_true: Sequence, labels_pred: Sequence) -> float:
 def top_k(scores: np.ndarray, doc_ids: Sequence[str], k: int) -> list[list[str]]:
     """For each row of a (Q, D) score matrix, the ids of the k best documents, best first
     (ties broken by corpus order, so the ranking is deterministic)."""
+    return [[doc_ids[j] for j in row] for row in top_rows(scores, k)]
+
+
+def top_rows(scores: np.ndarray, k: int) -> np.ndarray:
+    """(Q, min(k, D)) column indices of each row's k best scores, best first (ties: lower index)."""
     k = min(k, scores.shape[1])
-    out = []
-    for row in scores:
+    out = np.empty((len(scores), k), dtype=np.int64)
+    for i, row in enumerate(scores):
         part = np.argpartition(-row, k - 1)[:k] if k < len(row) else np.arange(len(row))
-        order = part[np.lexsort((part, -row[part]))]
-        out.append([doc_ids[j] for j in order])
+        out[i] = part[np.lexsort((part, -row[part]))]
     return out
+
+
+def cosine_search(q: np.ndarray, d: np.ndarray, k: int, chunk: int = 256) -> np.ndarray:
+    """(Q, min(k, D)) indices of each query's best documents by cosine, best first; queries in
+    chunks so memory stays bounded for big corpora."""
+    parts = [top_rows(cosine_matrix(q[s:s + chunk], d), k) for s in range(0, len(q), chunk)]
+    return np.concatenate(parts) if parts else np.zeros((0, min(k, len(d))), dtype=np.int64)

@@ -21,8 +21,11 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+from l2v_cli.encoding.dims import FULL, parse_dims, resolve_dims
+from l2v_cli.encoding.quantize import parse_precisions
 from l2v_cli.errors import L2VError
 from l2v_cli.eval.cache import CachedEncoder
+from l2v_cli.eval.compact import RESCORE_MULTIPLIER, per_byte_rows
 from l2v_cli.eval.tasks import MTEB_INSTRUCTIONS, Task, as_prefix, column, parse_protocols, parse_tasks
 
 MODE_SUFFIXES = {"@causal": False, "@bidirectional": True, "@bidir": True}
@@ -49,7 +52,8 @@ def mode_name(bidirectional: bool) -> str:
 def evaluate(model, tasks: str | Sequence[str | Task] | None = None, *, pooling: str = "mean", dtype: str = "auto",
              batch_size: int = 32, max_length: int = 512, bidirectional: bool | None = None,
              protocols: str | Sequence[str] | None = None, cache: bool = True, limit: int | None = None,
-             seed: int = 42,
+             seed: int = 42, dims: str | Sequence | None = None, precisions: str | Sequence[str] | None = None,
+             rescore_multiplier: int = RESCORE_MULTIPLIER,
              attn_implementation: str = "sdpa", trust_remote_code: bool = False, show_progress: bool = False,
              on_task: Callable[[str, dict], None] | None = None,
              on_start: Callable[[str], None] | None = None) -> dict:
@@ -64,6 +68,10 @@ def evaluate(model, tasks: str | Sequence[str | Task] | None = None, *, pooling:
     `SentenceTransformer(path).encode(texts)` does; "instruction" puts the task's instruction on
     the query side (the LLM2Vec / E5 protocol). Metrics are ×100. `encoded`/`cached` count texts
     run through the model / read from the cache.
+    `dims` ('64,128,full') and/or `precisions` ('float32,int8,binary+int8'): also score every task
+    on each (dim, precision) view of the same embeddings (eval/compact.py): result["per_byte"],
+    one row per task, protocol, dim and precision, with the bytes per vector and the share of the
+    full-width float32 score. One given alone pairs with full / float32.
     With a loaded Encoder, pooling/dtype/max_length/bidirectional are the Encoder's own (passing
     `bidirectional` is then an error). Task data is checked before the model is loaded.
     `on_start(task)` / `on_task(task, result)` are called around each task (progress display).
@@ -76,6 +84,12 @@ def evaluate(model, tasks: str | Sequence[str | Task] | None = None, *, pooling:
             t.load()
     if not isinstance(batch_size, int) or batch_size < 1:
         raise L2VError(f"batch_size must be a positive integer, got {batch_size!r}", where="--batch-size")
+    compact = dims is not None or precisions is not None
+    dims = parse_dims(dims if dims is not None else [FULL], "--dims")
+    precisions = parse_precisions(precisions if precisions is not None else ["float32"])
+    if not isinstance(rescore_multiplier, int) or rescore_multiplier < 1:
+        raise L2VError(f"rescore multiplier must be a positive integer, got {rescore_multiplier!r}",
+                       where="--rescore-multiplier", fix="e.g. 4")
     if is_encoder(model):
         if bidirectional is not None:
             raise L2VError("bidirectional= applies when evaluate() loads the model, not to a loaded Encoder",
@@ -95,6 +109,14 @@ def evaluate(model, tasks: str | Sequence[str | Task] | None = None, *, pooling:
     result = {"model": f"{spec} ({settings['attention']})", "spec": spec,
               "path": str(getattr(enc, "path", "") or ""), "settings": settings, "load_s": round(load_s, 2),
               "tasks": {}}
+    if compact:
+        hidden = int(enc.dim)
+        check = getattr(enc, "check_dim", None)
+        for d in resolve_dims(dims, hidden, "--dims"):  # too wide: an error; untrained: a warning
+            if check is not None:
+                check(d, "--dims")
+        result["per_byte"] = []
+        result["trained_dims"] = getattr(enc, "trained_dims", None)
     for task in task_list:
         for protocol in protocols:
             t, label = task.under(protocol), column(task.name, protocol)
@@ -108,6 +130,9 @@ def evaluate(model, tasks: str | Sequence[str | Task] | None = None, *, pooling:
                      time_s=round(time.perf_counter() - t1, 2), encoded=wrapped.encoded - enc_before,
                      cached=wrapped.cached - cached_before)
             result["tasks"].setdefault(task.name, {})[protocol] = r
+            if compact:
+                result["per_byte"] += per_byte_rows(t, protocol, wrapped, r, dims, precisions, hidden,
+                                                    rescore_multiplier)
             if on_task:
                 on_task(label, r)
     return result

@@ -318,13 +318,16 @@ class RetrievalTask(Task):
         return dict(qrels)
 
     def run(self, encoder) -> dict:
-        q = np.asarray(encoder.encode(self.queries, instruction=self.prefix), dtype=np.float32)
-        d = np.asarray(encoder.encode(self.docs, instruction=None), dtype=np.float32)
-        ranking = {}
-        for start in range(0, len(q), 256):  # bounded memory for big corpora
-            sims = metrics.cosine_matrix(q[start:start + 256], d)
-            for qid, ranked in zip(self.qids[start:start + 256], metrics.top_k(sims, self.doc_ids, 100)):
-                ranking[qid] = ranked
+        # An encoder with its own `search` (a truncated / quantized view, eval/compact.py) ranks
+        # the documents itself; otherwise cosine over float embeddings.
+        search = getattr(encoder, "search", None)
+        if search is not None:
+            top = search(self.queries, self.prefix, self.docs, 100)
+        else:
+            q = np.asarray(encoder.encode(self.queries, instruction=self.prefix), dtype=np.float32)
+            d = np.asarray(encoder.encode(self.docs, instruction=None), dtype=np.float32)
+            top = metrics.cosine_search(q, d, 100)
+        ranking = {qid: [self.doc_ids[j] for j in row] for qid, row in zip(self.qids, top)}
         return {"ndcg@10": 100 * metrics.ndcg_at_k(self.qrels, ranking, 10),
                 "recall@100": 100 * metrics.recall_at_k(self.qrels, ranking, 100),
                 "n": len(self.qids), "docs": len(self.doc_ids)}

@@ -1,11 +1,13 @@
 """Measure a GGUF against the model folder it came from: llama.cpp vs `l2v encode` (the Encoder).
 
     compare_embeddings("runs/x/final", "runs/x/final/final-q8_0.gguf", texts)
-    -> {"served": {"mean_cos": .., "min_cos": ..}, "exact": {...}, "n": 50}
+    -> {"served_text": {"mean_cos": .., "min_cos": ..}, "served_ids": {...}, "exact": {...}, "n": 50}
 
-served  llama.cpp tokenizes and pools (what llama-server returns); with an instruction the
-        instruction is prepended to the text and pooled too (llama.cpp's mean covers every token).
-exact   `GGUFEncoder`: llama.cpp's per-token states, pooled over the text positions by us.
+served_text  llama.cpp tokenizes the string and pools (llama-server for a plain string): no
+             attention sink; with an instruction the instruction is prepended and pooled too.
+served_ids   llama.cpp pools over the ids `l2v encode` uses: BOS + the file's sink ids + the
+             (instruction +) text's ids (llama-server for a token-id prompt).
+exact        `GGUFEncoder`: llama.cpp's per-token states, pooled over the text positions by us.
 Reference: `Encoder.from_pretrained(folder, dtype="float32")`, as `l2v encode` runs it.
 """
 
@@ -43,7 +45,9 @@ def compare_embeddings(folder: str | Path, gguf_path: str | Path, texts: Sequenc
                                                                        instruction=instruction)
     served_model = LlamaCppModel(gguf_path, pooling=SERVED_POOLING[pooling], n_threads=n_threads)
     try:
-        served = served_model.embed([(instruction or "") + t for t in texts])
+        full = [(instruction or "") + t for t in texts]
+        served_text = served_model.embed(full)
+        served_ids = served_model.pooled([served_model.l2v_tokenize(t) for t in full])
     finally:
         served_model.close()
     exact_enc = GGUFEncoder(gguf_path, pooling=pooling, n_threads=n_threads)
@@ -51,4 +55,5 @@ def compare_embeddings(folder: str | Path, gguf_path: str | Path, texts: Sequenc
         exact = exact_enc.encode(texts, instruction=instruction)
     finally:
         exact_enc.model.close()
-    return {"n": len(texts), "served": _stats(cosine_rows(served, ref)), "exact": _stats(cosine_rows(exact, ref))}
+    return {"n": len(texts), "served_text": _stats(cosine_rows(served_text, ref)),
+            "served_ids": _stats(cosine_rows(served_ids, ref)), "exact": _stats(cosine_rows(exact, ref))}

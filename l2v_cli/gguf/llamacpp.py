@@ -5,13 +5,17 @@ per-token states, tokenization — and `GGUFEncoder`, the same `encode` contract
     states = m.token_states([m.tokenize("hello world")])      # [(n_tokens, dim)]
     served = LlamaCppModel("enc-q8_0.gguf").embed(["hello"])  # llama.cpp's own pooling (as llama-server)
 
-Two ways to embed, both measured by the tests:
-  * served: llama.cpp tokenizes and pools (the GGUF's pooling_type) — what `llama-server
-    --embeddings` and `llama-embedding` return. Mean pooling there averages EVERY token, so with
-    an instruction it includes the instruction's tokens.
+Three ways to embed, all measured by the tests:
+  * served text: llama.cpp tokenizes and pools (the GGUF's pooling_type) — what `llama-server
+    --embeddings` and `llama-embedding` return for a plain string. llama.cpp adds BOS but not our
+    attention sink (EOS + " " after BOS, modeling/sink.py), so a sink model's vector differs.
+  * served ids (`pooled`): the same pooling over the ids `l2v encode` feeds — BOS, the sink ids
+    from `l2v.sink_token_ids`, the text's ids; what llama-server returns for a token-id prompt
+    `{"input": [[ids..., "text"]]}`. Mean pooling there averages EVERY token, so with an
+    instruction it includes the instruction's tokens.
   * exact (`GGUFEncoder`): pooling none, the token ids laid out as `l2v encode` does (prefix +
-    instruction + text + suffix) and pooled over the text positions only, on our side.
-Without an instruction the two agree (and match `l2v encode`).
+    instruction and text as one string + suffix) and pooled over the text positions only.
+Without an instruction "served ids" and "exact" agree (and match `l2v encode`).
 
 llama-cpp-python is optional: every entry point raises one L2VError line with the install
 command when it is missing.
@@ -75,6 +79,11 @@ def read_metadata(path: str | Path) -> dict:
     return out
 
 
+def sink_ids(meta: dict) -> list[int]:
+    """The attention sink's ids a GGUF records (`l2v.sink_token_ids`, "2,216"); [] if none."""
+    return [int(x) for x in str(meta.get("l2v.sink_token_ids") or "").split(",") if x.strip()]
+
+
 def is_l2v_gguf(path: str | Path) -> bool:
     """A GGUF written by our exporter (has the `l2v.pooling` key)."""
     p = Path(path)
@@ -111,6 +120,7 @@ class LlamaCppModel:
                                    n_threads_batch=threads, verbose=False, **kw)
         self.n_ctx = n_ctx
         self._lib = llama_cpp
+        self._meta = read_metadata(path)
 
     # ------------------------------------------------------------------ tokens
     def tokenize(self, text: str, add_special: bool = True) -> list[int]:
@@ -126,20 +136,44 @@ class LlamaCppModel:
     def meta(self, key: str) -> str | None:
         return self.llm.metadata.get(key)
 
+    def l2v_prefix(self) -> list[int]:
+        """The ids `l2v encode` puts before a text: BOS (when the file says so), then the sink."""
+        bos = [self.llm.token_bos()] if self._meta.get("tokenizer.ggml.add_bos_token") else []
+        return bos + sink_ids(self._meta)
+
+    def l2v_tokenize(self, text: str) -> list[int]:
+        """The ids `l2v encode` (and transformers' tokenizer) give a bare text: l2v_prefix + text
+        (+ EOS when the file says so)."""
+        ids = self.l2v_prefix() + self.tokenize(text, add_special=False)
+        if self._meta.get("tokenizer.ggml.add_eos_token"):
+            ids.append(self.llm.token_eos())
+        return ids
+
     # ------------------------------------------------------------------ served path
     def embed(self, texts: Sequence[str]) -> np.ndarray:
         """llama.cpp's own tokenization and pooling (what llama-server returns), unnormalised."""
         out = self.llm.embed(list(texts), normalize=False, truncate=True)
         return np.asarray(out, dtype=np.float32)
 
+    def pooled(self, seqs: Sequence[Sequence[int]]) -> np.ndarray:
+        """llama.cpp's own pooling over given token-id lists (as llama-server for a token-id
+        prompt), (n, dim) unnormalised; needs a pooling other than 'none'."""
+        if self._lib.llama_pooling_type(self.llm.ctx) == POOLING_NAMES["none"]:
+            raise L2VError("pooled needs a model opened with a pooling (not 'none')", where="LlamaCppModel")
+        return np.stack(self._decode(seqs, pooled=True)) if seqs else np.zeros((0, self.dim), np.float32)
+
     # ------------------------------------------------------------------ per-token states
     def token_states(self, seqs: Sequence[Sequence[int]], max_tokens: int | None = None) -> list[np.ndarray]:
         """Last-layer states (n_i, dim) for each token-id list; needs pooling 'none'. Several
         sequences share one decode (each its own seq id: they do not see each other)."""
+        if self._lib.llama_pooling_type(self.llm.ctx) != POOLING_NAMES["none"]:
+            raise L2VError("token_states needs a model opened with pooling='none'", where="LlamaCppModel")
+        return self._decode(seqs, max_tokens=max_tokens)
+
+    def _decode(self, seqs: Sequence[Sequence[int]], max_tokens: int | None = None,
+                pooled: bool = False) -> list[np.ndarray]:
         lib = self._lib
         ctx = self.llm.ctx
-        if lib.llama_pooling_type(ctx) != POOLING_NAMES["none"]:
-            raise L2VError("token_states needs a model opened with pooling='none'", where="LlamaCppModel")
         budget = min(max_tokens or self.n_ctx, self.n_ctx)
         for s in seqs:
             if len(s) > budget:
@@ -169,6 +203,12 @@ class LlamaCppModel:
                 lib.llama_memory_clear(lib.llama_get_memory(ctx), True)
                 if lib.llama_decode(ctx, batch) != 0:
                     raise L2VError("llama.cpp could not decode the batch", where=str(self.path))
+                if pooled:
+                    for sid, idx in enumerate(group):
+                        ptr = lib.llama_get_embeddings_seq(ctx, sid)
+                        out[idx] = np.ctypeslib.as_array(ctypes.cast(ptr, ctypes.POINTER(ctypes.c_float)),
+                                                         (dim,)).copy()
+                    continue
                 k = 0
                 for idx in group:
                     n = len(seqs[idx])
@@ -190,11 +230,12 @@ class LlamaCppModel:
 
 
 def check_tokenization(path: str | Path, tokenizer, texts: Iterable[str]) -> tuple[int, list[str]]:
-    """(number of texts compared, the texts llama.cpp tokenizes differently from `tokenizer`)."""
+    """(number of texts compared, the texts llama.cpp tokenizes differently from `tokenizer`): llama.cpp's
+    ids with the file's BOS / sink / EOS around them (`l2v_tokenize`) against the tokenizer's."""
     m = LlamaCppModel(path, vocab_only=True)
     try:
         texts = list(texts)
-        bad = [t for t in texts if m.tokenize(t) != list(tokenizer(t)["input_ids"])]
+        bad = [t for t in texts if m.l2v_tokenize(t) != list(tokenizer(t)["input_ids"])]
     finally:
         m.close()
     return len(texts), bad
@@ -216,7 +257,7 @@ class GGUFEncoder:
         self.bidirectional = meta.get(f"{arch}.attention.causal", True) is False
         self.file_type = _file_type_name(meta.get("general.file_type"))
         self.model = LlamaCppModel(self.path, pooling="none", n_ctx=max(max_length, 8), n_threads=n_threads)
-        self.prefix = [self.model.llm.token_bos()] if meta.get("tokenizer.ggml.add_bos_token") else []
+        self.prefix = self.model.l2v_prefix()  # BOS, the attention sink
         eos = self.model.llm.token_eos()
         self.eos_id = eos if eos >= 0 else None
         self.suffix = [eos] if meta.get("tokenizer.ggml.add_eos_token") and eos >= 0 else []
@@ -235,23 +276,28 @@ class GGUFEncoder:
 
     def settings_for_cache(self) -> dict:
         return {"model": _file_fingerprint(self.path), "pooling": self.pooling, "dtype": self.dtype,
-                "max_length": self.max_length, "bidirectional": self.bidirectional, "runtime": "llama.cpp"}
+                "max_length": self.max_length, "bidirectional": self.bidirectional, "runtime": "llama.cpp",
+                "prefix": self.prefix}
 
     def tokenize(self, texts: Sequence[str], instruction: str | None = None):
-        """As `Encoder.tokenize`: prefix + instruction + text (truncated) + suffix; pooled from the text."""
+        """As `Encoder.tokenize`: prefix + (instruction + text as ONE string, truncated) + suffix,
+        pooled from the first token after the instruction's."""
         from l2v_cli.encoding.encoder import Tokenized
 
-        instr = self.model.tokenize(instruction, add_special=False) if instruction else []
-        context = len(self.prefix) + len(instr) if instr else 0
         add_eos = self.pooling == "eos" and not (self.suffix and self.suffix[-1] == self.eos_id)
-        budget = self.max_length - len(self.prefix) - len(instr) - len(self.suffix) - int(add_eos)
-        if budget < 1:
-            raise L2VError(f"the instruction takes {len(instr)} tokens, leaving no room for the text "
-                           f"within max_length={self.max_length}", where="--instruction",
-                           fix="shorten the instruction or raise --max-length")
+        budget = self.max_length - len(self.prefix) - len(self.suffix) - int(add_eos)
+        context = 0
+        if instruction:
+            n_instr = len(self.model.tokenize(instruction, add_special=False))
+            if n_instr >= budget:
+                raise L2VError(f"the instruction takes {n_instr} tokens, leaving no room for the text "
+                               f"within max_length={self.max_length}", where="--instruction",
+                               fix="shorten the instruction or raise --max-length")
+            context = len(self.prefix) + n_instr
+            texts = [instruction + t for t in texts]  # one string, as sentence-transformers sends it
         out = []
         for t in texts:
-            ids = self.prefix + instr + self.model.tokenize(t, add_special=False)[:budget] + self.suffix
+            ids = self.prefix + self.model.tokenize(t, add_special=False)[:budget] + self.suffix
             if add_eos:
                 ids.append(self.eos_id)
             elif len(ids) <= context:
@@ -260,7 +306,7 @@ class GGUFEncoder:
         return out
 
     def encode(self, texts, instruction: str | None = None, batch_size: int = 32, normalize: bool = False,
-               show_progress: bool = False) -> np.ndarray:
+               show_progress: bool = False, dim: int | None = None) -> np.ndarray:
         import time
 
         import torch
@@ -280,6 +326,10 @@ class GGUFEncoder:
                 mask = torch.zeros(1, len(it.ids), dtype=torch.bool)
                 mask[0, it.pool_start:] = True
                 out[start + j] = pool(torch.from_numpy(h)[None], mask, self.pooling)[0].numpy()
+        if dim is not None:  # Matryoshka: the leading `dim` numbers (the scale is already in the file)
+            if not 1 <= dim <= self.dim:
+                raise L2VError(f"dim {dim} is outside 1..{self.dim} (the model's width)", where="encode(dim=...)")
+            out = np.ascontiguousarray(out[:, :dim])
         if normalize:
             out = out / np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
         self.last_stats = {"texts": len(texts), "tokens": sum(len(i) for i in items),

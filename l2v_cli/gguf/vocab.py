@@ -12,7 +12,10 @@ tokenizer.json and name the llama.cpp set that splits the same way:
 
 Anything else is refused (one line naming what was found). The special tokens the tokenizer adds
 around a text (read off a probe, as the Encoder does) become `add_bos_token` / `add_eos_token`;
-`eos` pooling makes llama.cpp append EOS as `l2v encode` does. Whether llama.cpp really tokenizes
+`eos` pooling makes llama.cpp append EOS as `l2v encode` does. The attention sink our converted
+tokenizers put after BOS (modeling/sink.py: EOS + " ") has no GGUF flag: llama.cpp adds at most
+BOS. Its ids go into the file as `l2v.sink_token_ids`, and a client sends them before the text
+(docs/gguf.md: a token-id prompt). Whether llama.cpp really tokenizes
 the same is checked by `l2v_cli.gguf.llamacpp.check_tokenization` on the probe sentences below.
 
 SentencePiece-style tokenizers (BPE with byte fallback and "▁" for spaces: Llama-2, Gemma) are
@@ -69,6 +72,7 @@ class Vocab:
     special: dict[str, int] = field(default_factory=dict)  # bos/eos/unk/pad -> id
     add_bos: bool = False
     add_eos: bool = False
+    sink: list[int] = field(default_factory=list)  # ids the tokenizer puts after BOS, before the text
 
     def add_to(self, writer) -> None:
         writer.add_tokenizer_model(self.model)
@@ -131,6 +135,7 @@ def build_vocab(folder: Path, n_vocab: int, pooling: str) -> tuple[Vocab, object
 
     from l2v_cli.encoding.encoder import special_affixes
     from l2v_cli.modeling.loading import load_tokenizer
+    from l2v_cli.modeling.sink import installed_sink
 
     folder = Path(folder)
     tj_path = folder / "tokenizer.json"
@@ -173,11 +178,15 @@ def build_vocab(folder: Path, n_vocab: int, pooling: str) -> tuple[Vocab, object
         if tid is not None:
             special[kind] = int(tid)
     prefix, suffix = special_affixes(tok)
+    sink = list((installed_sink(folder) or {}).get("ids") or [])
+    if sink and prefix[len(prefix) - len(sink):] == sink:
+        prefix = prefix[:len(prefix) - len(sink)]
     bos, eos = special.get("bos"), special.get("eos")
     if prefix not in ([], [bos]) or suffix not in ([], [eos]):
-        raise L2VError(f"the tokenizer adds {prefix} before and {suffix} after each text; llama.cpp can only add "
-                       "BOS and EOS", where=where, fix="use --format st for this model")
+        raise L2VError(f"the tokenizer adds {prefix + sink} before and {suffix} after each text; llama.cpp can "
+                       "only add BOS and EOS (and our attention sink through the client)", where=where,
+                       fix="use --format st for this model")
     add_eos = bool(suffix) or pooling == "eos"
     if pooling == "eos" and eos is None:
         raise L2VError("pooling 'eos' needs a tokenizer with an EOS token", where=where, fix="export with --pooling mean")
-    return Vocab("gpt2", pre, tokens, [int(t) for t in types], merges, special, bool(prefix), add_eos), tok
+    return Vocab("gpt2", pre, tokens, [int(t) for t in types], merges, special, bool(prefix), add_eos, sink), tok

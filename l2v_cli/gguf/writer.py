@@ -6,8 +6,13 @@ The input is a plain model folder (config.json + *.safetensors + tokenizer.json)
 `l2v export` writes, or `l2v enable-bidir`. Written with the `gguf` package's public writer:
 hyperparameters, `{arch}.attention.causal = false`, `{arch}.pooling_type` (our pooling in
 llama.cpp's terms), the tokenizer (see vocab.py), our own `l2v.*` keys (pooling, instructions,
-normalize: what `l2v eval` needs to reproduce `l2v encode`), then the tensors renamed with
-`gguf.get_tensor_name_map`. Tensors are streamed one at a time (header first, then each tensor
+normalize, the attention sink's ids: what `l2v eval` needs to reproduce `l2v encode`), then the
+tensors renamed with `gguf.get_tensor_name_map`.
+
+The export's per-dimension scale (encoding/dim_scale.py, a Dense module after pooling) is folded
+into the final norm's weight: every pooling llama.cpp offers is a weighted sum of the final-norm
+outputs, so scaling that weight scales the pooled vector exactly, and llama.cpp's embeddings need
+no step on the client. `l2v.dim_scale` says so. Tensors are streamed one at a time (header first, then each tensor
 read, converted and written), so memory stays at about one tensor, and the file is written
 under a temp name and renamed at the end.
 
@@ -19,7 +24,7 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -44,6 +49,9 @@ class GGUFInfo:
     add_eos: bool
     n_tensors: int
     bytes: int
+    prefix_ids: list[int] = field(default_factory=list)  # what a client sends before a text: BOS, the sink
+    sink_ids: list[int] = field(default_factory=list)
+    scaled: bool = False  # the export's per-dimension scale is folded into the final norm
 
 
 def check_gguf_type(gguf_type: str) -> str:
@@ -141,13 +149,19 @@ def _plan_tensors(src: _Source, spec: ArchSpec, n_layers: int) -> list[tuple[str
     return plan
 
 
-def _convert(arr: np.ndarray, name: str, spec: ArchSpec, cfg: dict) -> np.ndarray:
+FINAL_NORM = "norm.weight"  # the HF name (without "model.") of the norm before the hidden states
+FINAL_OUTPUT_NORM = "output_norm.weight"  # llama.cpp's name of it
+
+
+def _convert(arr: np.ndarray, name: str, spec: ArchSpec, cfg: dict, scale: np.ndarray | None = None) -> np.ndarray:
     if spec.permute_qk and (".self_attn.q_proj." in name or ".self_attn.k_proj." in name):
         heads = cfg["num_attention_heads"] if ".q_proj." in name else cfg.get("num_key_value_heads") or \
             cfg["num_attention_heads"]
         arr = _permute_rows(arr, heads)
     if spec.norm_plus_one and name.endswith("norm.weight"):
         arr = arr + 1.0
+    if scale is not None and name == FINAL_NORM:
+        arr = arr * scale
     return np.ascontiguousarray(arr, dtype=np.float32)
 
 
@@ -228,7 +242,7 @@ def _hparams(w, spec: ArchSpec, cfg: dict, n_layers: int) -> None:
             w.add_rope_freq_base_swa(float(local))
 
 
-def _l2v_keys(w, folder: Path, meta: dict, pooling: str) -> None:
+def _l2v_keys(w, folder: Path, meta: dict, pooling: str, sink: list[int], scaled: bool) -> None:
     """Our own keys: what `l2v eval MODEL.gguf` needs to reproduce `l2v encode` of the source."""
     from l2v_cli import __version__
 
@@ -238,6 +252,11 @@ def _l2v_keys(w, folder: Path, meta: dict, pooling: str) -> None:
     for key in ("query_instruction", "document_instruction"):
         if meta.get(key):
             w.add_string(f"l2v.{key}", meta[key])
+    if sink:  # after BOS, before the text: llama.cpp cannot add them itself (vocab.py). A string
+        # ("2,216"), not an array: llama-cpp-python's `Llama.metadata` and llama-server list strings only.
+        w.add_string("l2v.sink_token_ids", ",".join(str(int(i)) for i in sink))
+    if scaled:
+        w.add_string("l2v.dim_scale", f"folded into {FINAL_OUTPUT_NORM}")
     w.add_string("l2v.source", str(folder))
 
 
@@ -278,6 +297,7 @@ def write_gguf(folder: str | Path, out: str | Path, *, gguf_type: str = "f16", p
     Instructions / normalize default to what the folder's config.json `l2v` block recorded."""
     import gguf
 
+    from l2v_cli.encoding.dim_scale import read_dim_scale
     from l2v_cli.gguf.vocab import build_vocab
     from l2v_cli.utils.atomic import check_writable_parent
 
@@ -296,6 +316,10 @@ def write_gguf(folder: str | Path, out: str | Path, *, gguf_type: str = "f16", p
     plan = _plan_tensors(src, spec, n_layers)
     n_vocab = src.shape("embed_tokens.weight")[0]
     vocab, _tok = build_vocab(folder, n_vocab, pooling)
+    scale = read_dim_scale(folder)
+    if scale is not None and (FINAL_NORM, FINAL_OUTPUT_NORM) not in plan:
+        raise L2VError(f"the export has a per-dimension scale but the model has no final norm ({FINAL_NORM}) to "
+                       "fold it into", where=str(folder), fix="export without --calibration for GGUF")
     check_writable_parent(out)
 
     w = gguf.GGUFWriter(None, spec.gguf_arch)
@@ -314,7 +338,7 @@ def write_gguf(folder: str | Path, out: str | Path, *, gguf_type: str = "f16", p
                      ("normalize", normalize)):
         if val is not None:
             meta[key] = val
-    _l2v_keys(w, folder, meta, pooling)
+    _l2v_keys(w, folder, meta, pooling, vocab.sink, scale is not None)
 
     types = []
     for hf_name, new in plan:
@@ -330,7 +354,7 @@ def write_gguf(folder: str | Path, out: str | Path, *, gguf_type: str = "f16", p
         w.write_kv_data_to_file()
         w.write_ti_data_to_file()
         for (hf_name, _new), qtype in zip(plan, types):
-            w.write_tensor_data(_encode(_convert(src.load(hf_name), hf_name, spec, cfg), qtype))
+            w.write_tensor_data(_encode(_convert(src.load(hf_name), hf_name, spec, cfg, scale), qtype))
         w.close()
         umask = os.umask(0)
         os.umask(umask)
@@ -340,5 +364,6 @@ def write_gguf(folder: str | Path, out: str | Path, *, gguf_type: str = "f16", p
         w.close()
         tmp.unlink(missing_ok=True)
         raise
+    prefix = ([vocab.special["bos"]] if vocab.add_bos else []) + vocab.sink
     return GGUFInfo(out, spec.gguf_arch, gguf_type, pooling, causal, vocab.pre, vocab.add_bos, vocab.add_eos,
-                    len(plan), out.stat().st_size)
+                    len(plan), out.stat().st_size, prefix, list(vocab.sink), scale is not None)

@@ -37,10 +37,16 @@ def parse_range(text: str) -> tuple[int, int]:
         a, b = int(lo), int(hi)
     except ValueError:
         a = b = -1
-    if not sep or a < 0 or b <= a:
-        raise L2VError(f"rank range {text!r} is not LO:HI with 0 <= LO < HI", where="--range",
+    return check_range(a if sep else -1, b, text)
+
+
+def check_range(lo: int, hi: int, shown=None, where: str = "--range") -> tuple[int, int]:
+    """(lo, hi) if 0 <= lo < hi, else the one clear error (`shown`: how the user wrote it)."""
+    if lo < 0 or hi <= lo:
+        raise L2VError(f"rank range {shown if shown is not None else f'{lo}:{hi}'!r} is not LO:HI with "
+                       "0 <= LO < HI", where=where,
                        fix="e.g. --range 10:100 (skip the 10 best candidates, look at ranks 10-99)")
-    return a, b
+    return lo, hi
 
 
 def _chunks(n: int, size: int):

@@ -280,13 +280,8 @@ def make_plan(model: str, recipe, *, gpus: Optional[int] = None, nodes: Optional
     lc = recipe.launcher
     ds = deepspeed if deepspeed is not None else lc.deepspeed
     dtype = recipe.dtype
-    if dtype == "auto":  # CUDA: bf16 (Ampere and newer); CPU: what this CPU runs natively, as training does
-        if device == "cuda":
-            dtype = "bfloat16"
-        else:
-            from l2v_cli.utils.device import cpu_has_fast_bf16
-
-            dtype = "bfloat16" if cpu_has_fast_bf16() else "float32"
+    if dtype == "auto":  # as training resolves it: CUDA bf16 (Ampere and newer), CPU fp32 (utils/device.py)
+        dtype = "bfloat16" if device == "cuda" else "float32"
     mem = gpu_memory if isinstance(gpu_memory, int) else (parse_memory(gpu_memory) if gpu_memory else DEFAULT_GPU_MEMORY)
     setup = Setup(gpus=gpus or lc.gpus, nodes=nodes or lc.nodes, zero=parse_deepspeed(ds), dtype=dtype,
                   device=device, gpu_memory=mem, launcher=lc.launcher)

@@ -1,4 +1,5 @@
-"""What SimCSE and supervised training share: embedding a collated batch, and the GradCache step."""
+"""What SimCSE and supervised training share: embedding a collated batch, the GradCache step, and
+Matryoshka (the loss on every trained prefix of the one embedding: `info_nce(dims=...)`)."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import contextlib
 
 import torch
 
+from l2v_cli.encoding.dims import resolve_dims
 from l2v_cli.encoding.pooling import pool
 from l2v_cli.training.spine import L2VTrainer
 
@@ -26,6 +28,14 @@ class ContrastiveTrainer(L2VTrainer):
 
     pooling = "mean"
     grad_cache_chunk_size = 0
+    matryoshka_dims: list[int] | None = None
+    matryoshka_weights: list[float] | None = None
+
+    def matryoshka(self) -> dict:
+        """`info_nce`'s Matryoshka keywords (none without Matryoshka)."""
+        if not self.matryoshka_dims:
+            return {}
+        return {"dims": self.matryoshka_dims, "weights": self.matryoshka_weights}
 
     def views(self, inputs) -> list[dict]:
         raise NotImplementedError
@@ -65,3 +75,14 @@ class ContrastiveTrainer(L2VTrainer):
             lambda embs: self.loss_from(embs, inputs) / gas, self.grad_cache_chunk_size,
             backward_fn=lambda t: self.accelerator.backward(t), no_sync=no_sync)
         return loss.detach() if torch.is_tensor(loss) else torch.tensor(loss)
+
+
+def setup_matryoshka(trainer: ContrastiveTrainer, cfg, hidden: int, section: str) -> dict | None:
+    """Resolve a stage's `matryoshka` section against the model's width onto the trainer; returns
+    what stage.json records ({"dims", "weights"}), or None without Matryoshka."""
+    if not cfg.dims:
+        return None
+    dims = resolve_dims(cfg.dims, hidden, f"{section}.matryoshka.dims")
+    weights = [float(w) for w in cfg.weights] if cfg.weights is not None else [1.0] * len(dims)
+    trainer.matryoshka_dims, trainer.matryoshka_weights = dims, weights
+    return {"dims": dims, "weights": weights}

@@ -22,6 +22,8 @@ from pathlib import Path
 
 from l2v_cli.errors import L2VError
 from l2v_cli.stages import registry
+from l2v_cli.stages.mine import mine_folder, wire_mined_data
+from l2v_cli.stages.nodes import LOCK, Nodes
 from l2v_cli.stages.report import peak_rss_mb
 from l2v_cli.stages.worker import check_run_folder, run_stage_command, worker_argv
 from l2v_cli.utils.perf import matmul_gflops
@@ -106,6 +108,7 @@ def convert(model: str, recipe, out: str | Path, *, force: bool = False, launch:
     out = Path(out).absolute()
     resolved = resolve_for_model(recipe, model, origin)
     recipe, provenance = resolved.recipe, resolved.provenance()
+    recipe = wire_mined_data(recipe, out)
     stages = plan(recipe, model, out)
     changed = [s for s in stages if s.status == "changed" and (s.folder / DONE).exists()]
     if dry_run:
@@ -118,23 +121,74 @@ def convert(model: str, recipe, out: str | Path, *, force: bool = False, launch:
             if registry.get(st.name).trains and st.status != "done":
                 echo(f"{st.name}: $ {worker_argv(st.name, st.input, st.folder, recipe, launch or {})}")
         return out
+    spec = _launch_spec(recipe, launch or {}) if any(registry.get(s.name).trains for s in stages) else None
+    if spec is not None and spec.multi_node() and spec.node_rank > 0:
+        return _follow_node0(spec, recipe, stages, out, launch or {}, echo)
     if changed and not force:
         first = changed[0]
         raise L2VError(f"the recipe changed for stage {first.folder.name} (and everything after it), "
                        f"which already completed with other settings", where=str(first.folder),
                        fix="pass --force to redo it and the stages after it, or use another -o")
     preflight(recipe, out, [s.name for s in stages if s.status != "done"], launch or {})
+    nodes = Nodes(spec, out) if spec is not None and spec.multi_node() else None
+    if nodes is not None:
+        nodes.connect()  # before anything is written: a bad port or a rank given twice writes nothing
+    created = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
-    peak = matmul_gflops(_compute_dtype(recipe))  # the machine's rate now, for the summary's "of peak"
-    for st in stages:
+    try:
+        if nodes is not None:
+            nodes.share_folder()
+            nodes.publish_plan([s.status for s in stages])
+        peak = matmul_gflops(_compute_dtype(recipe))  # the machine's rate now, for the summary's "of peak"
+        for i, st in enumerate(stages):
+            if st.status == "done":
+                continue
+            if st.status == "changed" and st.folder.exists():
+                shutil.rmtree(st.folder)
+            t0 = time.perf_counter()
+            run_one(st, recipe, launch or {}, stages=stages, model=model, echo=echo, provenance=provenance)
+            mark_done(st, time.perf_counter() - t0, provenance)
+            if nodes is not None:
+                nodes.done(i)
+    except BaseException as e:
+        if nodes is not None:
+            nodes.fail(e)
+            if created and not any(p.name != LOCK for p in out.iterdir()):
+                shutil.rmtree(out, ignore_errors=True)  # the other nodes never got going: leave nothing
+        raise
+    summarize(recipe, stages, model, peak)
+    if nodes is not None:
+        nodes.finish()
+    return out / registry.EXPORT.folder
+
+
+def _launch_spec(recipe, launch: dict):
+    from l2v_cli import launch as L
+
+    return L.launch_spec(recipe, **launch)
+
+
+def _follow_node0(spec, recipe, stages: list[PlannedStage], out: Path, launch: dict, echo) -> Path:
+    """A node > 0 of a multi-node run: node 0 decides the plan and runs the single-process stages;
+    this node joins each training stage with its own launcher and writes nothing shared."""
+    from l2v_cli import launch as L
+
+    L.check_launch(spec)
+    nodes = Nodes(spec, out)
+    nodes.connect()
+    nodes.share_folder()
+    statuses = nodes.plan()
+    for st, status in zip(stages, statuses):
+        st.status = status
+    echo(f"{spec.node_label}: following node 0's plan")
+    for i, st in enumerate(stages):
         if st.status == "done":
             continue
-        if st.status == "changed" and st.folder.exists():
-            shutil.rmtree(st.folder)
-        t0 = time.perf_counter()
-        run_one(st, recipe, launch or {}, stages=stages, model=model, echo=echo, provenance=provenance)
-        mark_done(st, time.perf_counter() - t0, provenance)
-    summarize(recipe, stages, model, peak)
+        if registry.get(st.name).trains:
+            run_one(st, recipe, launch, model=st.input, echo=echo)
+        nodes.wait_stage(i, st.folder.name)
+    nodes.finish()
+    echo(f"{spec.node_label}: done")
     return out / registry.EXPORT.folder
 
 
@@ -181,8 +235,10 @@ def preflight(recipe, out: Path, stages: list[str], launch: dict) -> None:
         from l2v_cli import launch as L
 
         L.check_launch(L.launch_spec(recipe, **launch))
-    for name in train:
-        check_stage_data(recipe, name)
+    mined = mine_folder(recipe, out) is not None
+    for name in train + [s for s in stages if s == registry.MINE.name]:
+        if not (mined and name == registry.SUPERVISED.name):  # its data is what `mine` will write
+            check_stage_data(recipe, name)
     if registry.EVAL.name in stages:
         from l2v_cli.stages.evaluate import eval_tasks
 

@@ -104,7 +104,7 @@ def _update_config_json(folder: Path, **entries) -> None:
 
 def enable_bidir(model_spec: str | Path, out: str | Path, *, attn_implementation: str = "auto",
                  verify: bool = True, dtype: str = "original", overwrite: bool = False,
-                 trust_remote_code: bool = False, allow_pickle: bool = False) -> EnableBidirReport:
+                 trust_remote_code: bool = False, allow_pickle: bool = False, sink: str = "auto") -> EnableBidirReport:
     """Write a bidirectional copy of `model_spec` to `out` (see the module doc); L2VError on failure."""
     out = Path(out).expanduser().absolute()
     _check_choice(attn_implementation, ATTN_CHOICES, "--attn-implementation")
@@ -132,7 +132,7 @@ def enable_bidir(model_spec: str | Path, out: str | Path, *, attn_implementation
         if attn_implementation == "auto":
             choice = f"auto -> {kernel}: {why}" + (f", after {', '.join(failed)} failed the probe" if failed else "")
         try:
-            report = _enable_with(resolved, out, kernel, attn_implementation, choice, verify=verify, dtype=dtype,
+            report = _enable_with(resolved, out, kernel, attn_implementation, choice, verify=verify, dtype=dtype, sink=sink,
                                   overwrite=overwrite, trust_remote_code=trust_remote_code,
                                   allow_pickle=allow_pickle, t0=t0)
         except ProbeFailed as e:
@@ -150,7 +150,7 @@ def enable_bidir(model_spec: str | Path, out: str | Path, *, attn_implementation
 
 
 def _enable_with(resolved, out: Path, attn_implementation: str, requested: str, choice: str, *, verify: bool,
-                 dtype: str, overwrite: bool, trust_remote_code: bool, allow_pickle: bool,
+                 dtype: str, sink: str, overwrite: bool, trust_remote_code: bool, allow_pickle: bool,
                  t0: float) -> EnableBidirReport:
     """`enable_bidir` under one kernel; ProbeFailed when the model is not bidirectional under it."""
     import torch
@@ -206,6 +206,7 @@ def _enable_with(resolved, out: Path, attn_implementation: str, requested: str, 
         model.config.is_causal = False
         model.save_pretrained(tmp, safe_serialization=True)
         tok.save_pretrained(tmp)
+        l2v_block["sink"] = _save_sink(tmp, tok, sink)
         pinned = {"attn_implementation": "eager"} if used_attn == "eager" else {}
         _update_config_json(tmp, is_causal=False, l2v=l2v_block, **pinned)
         timings["save_s"] = time.perf_counter() - t
@@ -237,7 +238,29 @@ def run_enable_bidir(recipe, model_spec: str | Path, out: str | Path, ctx=None) 
     """The enable-bidir stage of a run: `enable_bidir` with the recipe's `bidir` section. A folder
     left by an interrupted run is replaced (the stage writes atomically: it is never half there)."""
     return enable_bidir(model_spec, out, attn_implementation=recipe.bidir.attn_implementation,
-                        verify=recipe.bidir.verify, overwrite=True)
+                        verify=recipe.bidir.verify, overwrite=True, sink=recipe.bidir.sink)
+
+
+def _save_sink(folder: Path, tok, spec: str) -> Optional[dict]:
+    """Make the saved tokenizer prepend the attention sink (l2v_cli.modeling.sink); None when there
+    is none. A tokenizer class that rebuilds its post-processor on load would drop it: then the
+    folder keeps the plain tokenizer and one line says so."""
+    from transformers import AutoTokenizer
+
+    from l2v_cli.modeling.sink import install_sink, reads_sink, sink_ids
+
+    ids = sink_ids(tok, spec)
+    if not ids:
+        return None
+    original = (folder / "tokenizer.json").read_bytes() if (folder / "tokenizer.json").exists() else None
+    install_sink(folder, tok, ids)
+    if not reads_sink(AutoTokenizer.from_pretrained(folder), ids):
+        (folder / "tokenizer.json").write_bytes(original)
+        print(f"l2v: warning: {type(tok).__name__} rebuilds its post-processor when loaded, so the attention "
+              "sink (bidir.sink) cannot be kept; bare texts may embed poorly — use an instruction",
+              file=sys.stderr, flush=True)
+        return None
+    return {"spec": spec, "ids": ids, "tokens": tok.convert_ids_to_tokens(ids)}
 
 
 def _base_model(model):

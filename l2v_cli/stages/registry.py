@@ -66,6 +66,8 @@ STAGES: tuple[Stage, ...] = (
     Stage("train-simcse", "simcse", "SimCSE", "l2v_cli.stages.simcse:train_simcse", trains=True,
           plan=PlanHook(passes=2, loss="contrastive"),
           help="Unsupervised SimCSE: merge the previous adapter, train a fresh LoRA (step 3)."),
+    Stage("mine", "mine", "mining", "l2v_cli.stages.mine:run_mine", feeds_next=False,
+          help="Mine hard negatives with the model so far; the supervised stage trains on them."),
     Stage("train-supervised", "supervised", "supervised", "l2v_cli.stages.supervised:train_supervised",
           trains=True, plan=PlanHook(passes=3, loss="contrastive"), default_recipe="supervised",
           help="Supervised contrastive training on (query, positive, hard negative) rows (step 4)."),
@@ -76,7 +78,7 @@ STAGES: tuple[Stage, ...] = (
 )
 
 # The entries by role, for code that refers to one particular stage.
-BIDIR, MNTP, SIMCSE, SUPERVISED, EXPORT, EVAL = STAGES
+BIDIR, MNTP, SIMCSE, MINE, SUPERVISED, EXPORT, EVAL = STAGES
 
 NAMES: tuple[str, ...] = tuple(s.name for s in STAGES)
 TRAINING: tuple[Stage, ...] = tuple(s for s in STAGES if s.trains)
@@ -103,5 +105,5 @@ def of_module(module: str) -> Stage:
     raise KeyError(module)
 
 
-__all__ = ["BIDIR", "EVAL", "EXPORT", "MNTP", "NAMES", "PlanHook", "RunContext", "SIMCSE", "STAGES",
+__all__ = ["BIDIR", "EVAL", "EXPORT", "MINE", "MNTP", "NAMES", "PlanHook", "RunContext", "SIMCSE", "STAGES",
            "SUPERVISED", "Stage", "TRAINING", "TRAIN_NAMES", "TRAIN_SECTIONS", "by_section", "get", "of_module"]

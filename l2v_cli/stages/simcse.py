@@ -14,7 +14,7 @@ from l2v_cli.encoding import as_prefix
 from l2v_cli.stages import registry
 from l2v_cli.stages.common import (finish_stage, load_training_model, prepare_stage_dir, read_chain,
                                    resolve_stage_recipe, stage_config, write_config)
-from l2v_cli.stages.contrastive import ContrastiveTrainer
+from l2v_cli.stages.contrastive import ContrastiveTrainer, setup_matryoshka
 
 STAGE = registry.of_module(__name__)
 
@@ -51,7 +51,7 @@ class SimcseTrainer(ContrastiveTrainer):
         from l2v_cli.training.losses import info_nce
 
         ids = {"positive_ids": inputs["text_ids"]} if self.mask_duplicates else {}
-        return info_nce(embs[0], embs[1], self.scale, gather=self.gather, **ids)
+        return info_nce(embs[0], embs[1], self.scale, gather=self.gather, **ids, **self.matryoshka())
 
 
 def with_token_lengths(ds, tok, max_len: int):
@@ -68,7 +68,7 @@ def train_simcse(recipe, input_model: str | Path, out: str | Path, *, resume: bo
     from l2v_cli.data.text import load_texts
     from l2v_cli.encoding.encoder import Encoder
     from l2v_cli.training.lora import add_lora, set_attention_dropout
-    from l2v_cli.training.spine import JsonlMetrics, RichProgress, build_training_args
+    from l2v_cli.training.spine import JsonlMetrics, RichProgress, build_training_args, loss_spikes
 
     resolved, provenance = resolve_stage_recipe(recipe, input_model, provenance, STAGE.section)
     recipe = resolved.recipe
@@ -97,8 +97,10 @@ def train_simcse(recipe, input_model: str | Path, out: str | Path, *, resume: bo
     trainer.pooling, trainer.scale = cfg.pooling, cfg.scale
     trainer.gather, trainer.grad_cache_chunk_size = cfg.gather_across_processes, cfg.grad_cache_chunk_size
     trainer.mask_duplicates = cfg.mask_duplicates
+    matryoshka = setup_matryoshka(trainer, cfg.matryoshka, encoder.dim, STAGE.section)
     trainer.train(resume_from_checkpoint=str(last) if last else None)
     finish_stage(out, trainer, tok, STAGE.name, chain,
                  {"steps": trainer.state.global_step, "sentences": cleaned.kept,
-                  "dropped": {"short": cleaned.short, "markup": cleaned.markup}, "resolved": provenance})
+                  "dropped": {"short": cleaned.short, "markup": cleaned.markup}, "matryoshka": matryoshka,
+                  "loss_spikes": [list(x) for x in loss_spikes(out / "metrics.jsonl")], "resolved": provenance})
     return out

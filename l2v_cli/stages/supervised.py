@@ -16,7 +16,7 @@ from l2v_cli.encoding import as_prefix
 from l2v_cli.stages import registry
 from l2v_cli.stages.common import (finish_stage, load_training_model, prepare_stage_dir, read_chain,
                                    resolve_stage_recipe, stage_config, world_size, write_config)
-from l2v_cli.stages.contrastive import ContrastiveTrainer
+from l2v_cli.stages.contrastive import ContrastiveTrainer, setup_matryoshka
 
 STAGE = registry.of_module(__name__)
 
@@ -62,7 +62,8 @@ class SupervisedTrainer(ContrastiveTrainer):
         ids = {}
         if self.mask_false_negatives:
             ids = {"positive_ids": inputs["p_ids"], "negative_ids": inputs["n_ids"]}
-        return info_nce(embs[0], embs[1], self.scale, negatives=embs[2], gather=self.gather, **ids)
+        return info_nce(embs[0], embs[1], self.scale, negatives=embs[2], gather=self.gather, **ids,
+                        **self.matryoshka())
 
     def get_train_dataloader(self):
         # Our sampler already gives each rank its own slice of a one-data-set global batch, so the
@@ -110,8 +111,10 @@ def train_supervised(recipe, input_model: str | Path, out: str | Path, *, resume
     trainer.pooling, trainer.scale, trainer.gather = cfg.pooling, cfg.scale, cfg.gather_across_processes
     trainer.mask_false_negatives = cfg.mask_false_negatives
     trainer.grad_cache_chunk_size = cfg.grad_cache_chunk_size
+    matryoshka = setup_matryoshka(trainer, cfg.matryoshka, encoder.dim, STAGE.section)
     trainer.train(resume_from_checkpoint=str(last) if last else None)
     finish_stage(out, trainer, loaded.tokenizer, STAGE.name, chain,
                  {"steps": trainer.state.global_step,
-                  "instructions": {s.name: s.instruction for s in sets}, "resolved": provenance})
+                  "instructions": {s.name: s.instruction for s in sets}, "matryoshka": matryoshka,
+                  "resolved": provenance})
     return out

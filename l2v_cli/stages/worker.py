@@ -14,6 +14,7 @@ import argparse
 import json
 import os
 import shutil
+import signal
 import sys
 import tempfile
 from pathlib import Path
@@ -77,31 +78,42 @@ def run_stage_command(stage: str, input_model: str, out: Path, recipe, *, resume
     out = Path(out)
     check_run_folder(out, "-o")  # before OUT/config.yaml is written
     fresh = not out.exists()
+    shared = spec.node_rank == 0  # nodes > 0 write nothing shared: their files go to a node-local folder
     try:
         if not spec.distributed():
             return run_stage(stage, recipe, input_model, out, resume=resume, force=force,
                              deepspeed=spec.deepspeed, provenance=provenance)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        files = []
-        try:
-            fd, recipe_file = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".recipe.yaml", dir=out.parent)
-            files.append(recipe_file)
-            with os.fdopen(fd, "w") as f:
-                f.write(dump_recipe_yaml(recipe))
-            prov_file = None
-            if provenance:
-                fd, prov_file = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".provenance.json", dir=out.parent)
-                files.append(prov_file)
+        if shared:
+            out.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(prefix="l2v-node-") as local:
+            # The resolved recipe for the workers: next to OUT on node 0 (DeepSpeed's ssh launch reads it
+            # on every node), in a node-local folder elsewhere (each node's launcher starts its own workers).
+            where = out.parent if shared else Path(local)
+            files = []
+            try:
+                fd, recipe_file = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".recipe.yaml", dir=where)
+                files.append(recipe_file)
                 with os.fdopen(fd, "w") as f:
-                    json.dump(provenance, f)
-            args = _worker_args(stage, input_model, out, recipe_file, resume, force, spec, prov_file)
-            L.run(L.build_argv(spec, args), out.parent / f"{out.name}.log")
-        finally:
-            for f in files:
-                os.unlink(f)
+                    f.write(dump_recipe_yaml(recipe))
+                prov_file = None
+                if provenance:
+                    fd, prov_file = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".provenance.json", dir=where)
+                    files.append(prov_file)
+                    with os.fdopen(fd, "w") as f:
+                        json.dump(provenance, f)
+                hostfile = None
+                if spec.launcher == "deepspeed" and spec.multi_node() and not spec.hostfile:
+                    hostfile = str(Path(local) / "hostfile")
+                    Path(hostfile).write_text(L.no_ssh_hostfile(spec))
+                args = _worker_args(stage, input_model, out, recipe_file, resume, force, spec, prov_file)
+                log = out.parent / (f"{out.name}.log" if shared else f"{out.name}.node{spec.node_rank}.log")
+                L.run(L.build_argv(spec, args, hostfile), log, node=spec.node_label if spec.multi_node() else "")
+            finally:
+                for f in files:
+                    os.unlink(f)
         return out
     except L2VError:
-        if fresh:
+        if fresh and shared:
             _drop_unresumable(out)
         raise
 
@@ -128,17 +140,50 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--provenance", default=None)
     a = ap.parse_args(argv)
     rank = os.environ.get("RANK", "0")
+    from l2v_cli import launch as L
+
+    L.record_rank("started")
+
+    def stopped(signum, frame):  # the launcher stops the others when one rank fails
+        L.record_rank("ended", how=f"was stopped by the launcher (signal {signum})")
+        os._exit(128 + signum)
+
+    signal.signal(signal.SIGTERM, stopped)
+    how = "ok"
     try:
         recipe = load_recipe(a.recipe)
+        init_process_group(recipe.launcher.timeout_s)
         provenance = json.loads(Path(a.provenance).read_text()) if a.provenance else None
         run_stage(a.stage, recipe, a.input, a.out, resume=a.resume, force=a.force, deepspeed=a.deepspeed,
                   provenance=provenance)
     except L2VError as e:
+        how = f"failed: {e.line()}"
         if os.environ.get("L2V_DEBUG") == "1":
             raise
         print(f"l2v: error: [rank {rank}] {e.line()}", file=sys.stderr, flush=True)
         return 2
+    except BaseException as e:
+        how = f"stopped: {type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"[:300]
+        raise
+    finally:
+        L.record_rank("ended", how=how)
     return 0
+
+
+def init_process_group(timeout_s: int) -> None:
+    """Join the process group with the recipe's collective timeout (`launcher.timeout_s`): when a
+    rank dies, a collective waiting for it fails within that time (gloo: at once, when the dead
+    peer's connection closes). The Trainer (accelerate, DeepSpeed) reuses the group."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return
+    from datetime import timedelta
+
+    import torch
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if torch.cuda.is_available() else "gloo",
+                                timeout=timedelta(seconds=timeout_s))
 
 
 if __name__ == "__main__":

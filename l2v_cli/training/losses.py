@@ -20,6 +20,11 @@ negatives), text hashes from `text_ids`, and every candidate whose id equals row
 — other than row i's own target — is masked out (logit -inf). Ids are all-gathered like the
 embeddings, so duplicates across ranks are masked too.
 
+Matryoshka (`dims`, `weights`): the same loss on each prefix q[:, :m], candidates[:, :m] (each
+normalised on its own), summed with the weights. Gathering, the candidate order, targets and the
+false-negative mask are computed once and shared by every prefix, so the extra cost is a (B, C)
+matrix per width — nothing next to the encoder's forward/backward, which runs once.
+
 Everything is computed in float32 whatever the embeddings' dtype (bf16 logits at scale 50 lose
 the differences the loss is about); the gradient still flows back in the input dtype.
 """
@@ -72,7 +77,9 @@ def info_nce(q: torch.Tensor, d: torch.Tensor, scale: float,
              false_negative_mask: torch.Tensor | None = None,
              gather: bool = True, *,
              positive_ids: torch.Tensor | None = None,
-             negative_ids: torch.Tensor | None = None) -> torch.Tensor:
+             negative_ids: torch.Tensor | None = None,
+             dims: Sequence[int] | None = None,
+             weights: Sequence[float] | None = None) -> torch.Tensor:
     """InfoNCE over cosine similarities; returns a float32 scalar (mean over this rank's rows).
 
     q (B, D) queries; d (B, D) their positives; negatives (M, D) optional hard negatives (usually
@@ -83,6 +90,8 @@ def info_nce(q: torch.Tensor, d: torch.Tensor, scale: float,
     false_negative_mask: optional (B, C) bool over the (gathered) candidate list
         [all positives, all negatives], True = exclude; OR-ed with the id-based mask. A row's own
         target is never excluded.
+    dims / weights: Matryoshka widths (increasing, each <= D) and their loss weights (default 1
+        each); None = the full width only, weight 1 (plain InfoNCE).
     """
     B, D = q.shape if q.dim() == 2 else (None, None)
     if B is None:
@@ -96,19 +105,20 @@ def info_nce(q: torch.Tensor, d: torch.Tensor, scale: float,
         raise ValueError("info_nce: false-negative masking with hard negatives needs negative_ids "
                          "too (the ids of every candidate)")
 
-    # Normalise before gathering: per-row, so identical to normalising after, and the gathered
-    # tensors are already float32.
-    qn = F.normalize(q.float(), dim=-1)
-    cands = [F.normalize(d.float(), dim=-1)]
+    dims, weights = _matryoshka(dims, weights, D)
+
+    # Gathered un-normalised (float32): each prefix is normalised on its own below, and
+    # normalising is per row, so after the gather it is the same as before it.
+    qf = q.float()
+    cands = [d.float()]
     if negatives is not None:
-        cands.append(F.normalize(negatives.float(), dim=-1))
+        cands.append(negatives.float())
     rank = 0
     if gather:
         rank, _ = world_info()
         cands = [gather_with_grad(c) for c in cands]
     cand = torch.cat(cands, dim=0)
 
-    logits = scale * (qn @ cand.T)                                    # (B, C) float32
     targets = rank * B + torch.arange(B, device=q.device)             # own positive, global index
 
     mask = None
@@ -119,12 +129,34 @@ def info_nce(q: torch.Tensor, d: torch.Tensor, scale: float,
             ids = [gather_no_grad(i) for i in ids]
         mask = false_negative_mask_from_ids(positive_ids.to(q.device), torch.cat(ids), targets)
     if false_negative_mask is not None:
-        if false_negative_mask.shape != logits.shape:
+        if false_negative_mask.shape != (B, cand.shape[0]):
             raise ValueError(f"info_nce: false_negative_mask has shape "
-                             f"{tuple(false_negative_mask.shape)}, expected {tuple(logits.shape)}")
+                             f"{tuple(false_negative_mask.shape)}, expected {(B, cand.shape[0])}")
         extra = false_negative_mask.to(device=q.device, dtype=torch.bool).clone()
         extra[torch.arange(B, device=q.device), targets] = False
         mask = extra if mask is None else mask | extra
-    if mask is not None:
-        logits = logits.masked_fill(mask, float("-inf"))
-    return F.cross_entropy(logits, targets)
+    loss = None
+    for m, w in zip(dims, weights):
+        logits = scale * (F.normalize(qf[:, :m], dim=-1) @ F.normalize(cand[:, :m], dim=-1).T)  # (B, C)
+        if mask is not None:
+            logits = logits.masked_fill(mask, float("-inf"))
+        term = F.cross_entropy(logits, targets)
+        term = term if w == 1 else w * term
+        loss = term if loss is None else loss + term
+    return loss
+
+
+def _matryoshka(dims: Sequence[int] | None, weights: Sequence[float] | None,
+                width: int) -> tuple[list[int], list[float]]:
+    """(widths, weights) to sum over: [width], [1.0] without Matryoshka."""
+    if dims is None:
+        if weights is not None:
+            raise ValueError("info_nce: weights given without dims")
+        return [width], [1.0]
+    dims = [int(m) for m in dims]
+    if not dims or any(m < 1 or m > width for m in dims) or any(b <= a for a, b in zip(dims, dims[1:])):
+        raise ValueError(f"info_nce: dims must be increasing widths in 1..{width}, got {dims}")
+    weights = [1.0] * len(dims) if weights is None else [float(w) for w in weights]
+    if len(weights) != len(dims):
+        raise ValueError(f"info_nce: {len(weights)} weights for {len(dims)} dims")
+    return dims, weights

@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import sys
 import time
 import warnings
 from pathlib import Path
@@ -148,6 +149,28 @@ class JsonlMetrics(TrainerCallback):
     def on_train_end(self, args, state, control, **kw):
         if state.is_world_process_zero:
             plot_loss(self.path, self.png)
+            for step, loss, median in loss_spikes(self.path):
+                print(f"l2v: warning: loss {loss:.4g} at step {step} is above {SPIKE_FACTOR:g}x the running median "
+                      f"({median:.4g}) of the steps before it", file=sys.stderr, flush=True)
+
+
+SPIKE_FACTOR = 2.0
+
+
+def loss_spikes(metrics: Path, factor: float = SPIKE_FACTOR, min_history: int = 3) -> list[tuple[int, float, float]]:
+    """(step, loss, running median) of every logged training loss above `factor` x the median of the
+    losses logged before it (once `min_history` are there): the log check of a stage's stability."""
+    import statistics
+
+    rows = [json.loads(line) for line in open(metrics)] if Path(metrics).exists() else []
+    losses = [(r["step"], float(r["loss"])) for r in rows if "loss" in r]
+    out = []
+    for i, (step, loss) in enumerate(losses):
+        if i >= min_history:
+            median = statistics.median(x for _, x in losses[:i])
+            if loss > factor * median:
+                out.append((step, loss, median))
+    return out
 
 
 def plot_loss(metrics: Path, png: Path) -> None:

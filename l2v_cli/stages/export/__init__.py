@@ -24,9 +24,10 @@ OUT holds (written into a temp folder, renamed into place at the end: all or not
                                     sharded at `max_shard_size`; `AutoModel.from_pretrained(OUT)` is
                                     bidirectional (checked by a probe after a plain reload: `verify`)
   tokenizer files                   WITHOUT a chat template, padding on the right (see below)
-  modules.json                      Transformer -> Pooling (-> Normalize)
+  modules.json                      Transformer -> Pooling (-> Dense) (-> Normalize)
   sentence_bert_config.json         max_seq_length, do_lower_case
   1_Pooling/config.json             our pooling in sentence-transformers' terms
+  2_Dense/                          with `calibration`: the per-dimension scale (encoding/dim_scale.py)
   config_sentence_transformers.json prompts {"query": ..., "document": ...}, default_prompt_name null
   README.md                         model card (base, chain, steps, data, pooling, how to load, eval)
 
@@ -51,11 +52,9 @@ not keep it). With instructions, `include_prompt: false` excludes the prompt fro
 `l2v encode --instruction` does.
 
 Known differences, measured by tests/test_export.py (and named in the model card):
-  * sentence-transformers tokenises prompt + text as ONE string, we tokenise them separately. They
-    agree when no token straddles the boundary: an instruction ending in ":" is safe; one ending in
-    a space ("query: ") is not (byte-level BPE merges the space into the text's first word); one
-    ending in a newline is safe unless the text starts with whitespace (SmolLM2 merges "\n" + " ").
-    `export` warns when it finds such a boundary (and notes the whitespace case in the card).
+  * an instruction is tokenised with the text as ONE string on both sides, and its tokens are left
+    out of the pooling by the same count; one that ends in a space glues it to the text's first
+    word, which that count then drops too (`export` warns; end instructions with a newline).
   * weighted_mean with a prompt: sentence-transformers keeps each text token's absolute position
     weight, we restart the weights at the text; without a prompt they agree.
   * truncation: we truncate the text only (instruction and special tokens kept), sentence-

@@ -92,7 +92,8 @@ def eval_rows(ev) -> list[tuple[str, str, str]]:
 
 def model_card(out_name: str, src: ExportSource, *, pooling: str, normalize: bool, dtype: str,
                max_seq_length: int, query_instruction, document_instruction, tok_facts: dict,
-               warnings_: list[str], recipe=None, licence: Optional[str] = None) -> str:
+               warnings_: list[str], recipe=None, licence: Optional[str] = None,
+               matryoshka_dims: Optional[list[int]] = None, dim_scale: Optional[dict] = None) -> str:
     """The README.md text of an export."""
     from huggingface_hub import ModelCard, ModelCardData
 
@@ -113,8 +114,11 @@ def model_card(out_name: str, src: ExportSource, *, pooling: str, normalize: boo
         stages=[{"stage": s.stage, "steps": "-" if s.steps is None else s.steps, "data": portable(s.data)}
                 for s in src.stages],
         instructions=json.dumps(instr[-1], indent=2, ensure_ascii=False) if instr else None,
+        prefix_tokens=" ".join(tok_facts.get("prefix_tokens") or []),
+        trained=[s.stage for s in src.stages],
         st_min=ST_MIN_VERSION, transformers_min=TRANSFORMERS_MIN_VERSION, pool_code=POOL_CODE[pooling],
-        eval_file=eval_file, eval_rows=rows,
+        eval_file=eval_file, eval_rows=rows, matryoshka_dims=matryoshka_dims,
+        dim_scale=dim_scale and {**dim_scale, "data": portable(dim_scale["data"])},
         eval_json=json.dumps(ev, indent=2)[:4000] if ev is not None and not rows else None,
         notes=_notes(pooling, query_instruction, document_instruction, tok_facts, warnings_))
     return str(card).rstrip() + "\n"
@@ -128,10 +132,10 @@ def _notes(pooling, query_instruction, document_instruction, tok_facts: dict, wa
         "The tokenizer has no chat template on purpose: sentence-transformers >= 6 would otherwise wrap every "
         "text in it" + (" (the source model had one; it was removed)." if tok_facts.get("had_chat_template")
                         else "."),
-        "sentence-transformers tokenises prompt + text as one string; `l2v encode --instruction` tokenises them "
-        "separately. They agree when the instruction ends in \":\"; not when it ends in a space; with a newline, "
-        "not for texts that start with whitespace. An empty text with a prompt is a zero vector in "
-        "sentence-transformers.",
+        "With a prompt, sentence-transformers and `l2v encode --instruction` both tokenise prompt + text as one "
+        "string and leave the prompt's tokens out of the pooling. End a prompt with a newline: after \": \" the "
+        "tokenizer glues the space to the text's first word, which is then left out of the pooling too. An "
+        "empty text with a prompt is a zero vector in sentence-transformers.",
         f"sentence-transformers {ST_LOADS_MIN_VERSION}-5.3 strip whitespace around texts and prompts before "
         f"tokenising, so texts with leading/trailing whitespace differ there; use >= {ST_MIN_VERSION}.",
         "A bfloat16/float16 export loads in that dtype (transformers 5 default); on a CPU without fast bf16 pass "

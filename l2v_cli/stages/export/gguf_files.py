@@ -127,7 +127,7 @@ def export_gguf(source, out, *, formats=("gguf",), gguf_types=("f16",), pooling:
     if single_file and out.is_dir():
         raise L2VError(f"OUT {out} is a folder", where=str(out), fix="choose another file name")
     check_writable_parent(out)
-    direct = _is_model_folder(src) and "st" not in formats
+    direct = _is_model_folder(src) and "st" not in formats and not st_kwargs.get("calibration")
     _check_before_merge(src, direct, pooling, allow_causal)
     instr = {"query_instruction": query_instruction, "document_instruction": document_instruction,
              "normalize": normalize}

@@ -23,11 +23,13 @@ def export_from_recipe(recipe, source: str | Path, out: str | Path, *, overwrite
                            normalize=e.normalize, query_instruction=e.query_instruction,
                            document_instruction=e.document_instruction, overwrite=overwrite, dtype=e.dtype,
                            max_shard_size=e.max_shard_size, recipe=recipe, max_seq_length=max_len,
-                           stage_input=stage_input).out
+                           stage_input=stage_input, calibration=e.calibration,
+                           calibration_samples=e.calibration_samples).out
     return export(source, out, dtype=e.dtype, pooling=e.pooling, normalize=e.normalize,
                   max_shard_size=e.max_shard_size, query_instruction=e.query_instruction,
                   document_instruction=e.document_instruction, overwrite=overwrite, recipe=recipe,
-                  max_seq_length=max_len, stage_input=stage_input)
+                  max_seq_length=max_len, stage_input=stage_input, calibration=e.calibration,
+                  calibration_samples=e.calibration_samples)
 
 
 def run_export(recipe, source: str | Path, out: str | Path, ctx=None) -> Path:

@@ -11,10 +11,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from l2v_cli.errors import L2VError
+from l2v_cli.modeling.sink import installed_sink
 from l2v_cli.stages import registry
 from l2v_cli.stages.common import Chain
+from l2v_cli.stages.export.calibrate import check_calibration, fit_export_scale
 from l2v_cli.stages.export.card import model_card
-from l2v_cli.stages.export.source import ExportSource, resolve_source
+from l2v_cli.stages.export.source import ExportSource, resolve_source, trained_dims
 from l2v_cli.stages.export.st_files import write_st_files
 from l2v_cli.stages.export.tokenizer import boundary_check, write_tokenizer
 from l2v_cli.utils.dtypes import canonical, to_torch
@@ -129,8 +131,12 @@ def export(source: str | Path, out: str | Path, *, dtype: str = "float32", pooli
            normalize: bool = False, max_shard_size: str | int = "5GB", query_instruction: str | None = None,
            document_instruction: str | None = None, overwrite: bool = False, recipe=None,
            max_seq_length: int = 512, stage_input: str | Path | None = None, verify: bool = True,
-           report: bool = False):
+           report: bool = False, calibration: str | Path | None = None, calibration_samples: int = 2000):
     """Export SOURCE (stage folder, checkpoint or bidirectional model folder) to OUT; see the package doc.
+
+    `calibration`: a file of ordinary texts; the export then scales each embedding dimension by
+    1/its standard deviation over `calibration_samples` of them (a Dense module before Normalize;
+    encoding/dim_scale.py says why).
 
     Returns OUT (a Path), or an `ExportReport` with `report=True`. L2VError on bad input; on any
     failure OUT is not created (or, with `overwrite`, the previous OUT is left as it was).
@@ -150,6 +156,7 @@ def export(source: str | Path, out: str | Path, *, dtype: str = "float32", pooli
     if (out.exists() or out.is_symlink()) and not overwrite:
         raise L2VError(f"OUT {out} already exists", where=str(out),
                        fix="pass --overwrite to replace it, or choose another path")
+    check_calibration(calibration, calibration_samples)
     src = resolve_source(source, stage_input)
     if out == src.path or src.path in out.parents:
         raise L2VError(f"OUT {out} is inside SOURCE {src.path}", where=str(out), fix="write the export elsewhere")
@@ -166,10 +173,12 @@ def export(source: str | Path, out: str | Path, *, dtype: str = "float32", pooli
     model, loaded = _load_merged(src)
     decoder = _decoder(model)
     dim = int(decoder.get_input_embeddings().weight.shape[1])
+    matryoshka = trained_dims(src.stages, dim)
     warnings_: list[str] = []
     with atomic_dir(out, overwrite=overwrite) as tmp:
         tok_facts = write_tokenizer(tmp, src.tokenizer_dir, pooling)
         tok = tok_facts.pop("tokenizer")
+        tok_facts["prefix_tokens"] = tok.convert_ids_to_tokens(tok_facts["prefix"])
         rows = decoder.get_input_embeddings().weight.shape[0]
         if len(tok) > rows:
             raise L2VError(f"the tokenizer has {len(tok)} tokens but the model only {rows} embeddings",
@@ -177,31 +186,32 @@ def export(source: str | Path, out: str | Path, *, dtype: str = "float32", pooli
         for name, ins in (("query", query_instruction), ("document", document_instruction)):
             if not ins:
                 continue
-            ordinary, leading_ws = boundary_check(tok, ins)
+            ordinary, _ = boundary_check(tok, ins)
             if ordinary:
                 msg = (f"the {name} instruction {ins!r} merges with the text's first token when tokenised as one "
-                       "string (as sentence-transformers does): its embeddings will differ from `l2v encode "
-                       "--instruction`; end the instruction with a non-space character such as ':'")
+                       "string (as sentence-transformers and `l2v encode --instruction` do), so that token is left "
+                       "out of the pooling; end the instruction with a newline")
                 warnings_.append(msg)
                 _warn(msg)
-            elif leading_ws:
-                warnings_.append(f"the {name} instruction {ins!r} merges with leading whitespace of a text when "
-                                 "tokenised as one string: for texts that start with whitespace sentence-transformers "
-                                 "differs from `l2v encode --instruction` (strip such texts, or end the instruction "
-                                 "with ':')")
-        decoder.to(to_torch(dtype))
         decoder.config.is_causal = False
+        scale, scale_rec = None, None
+        if calibration is not None:  # fp32, before the cast: the vectors users get, bare text
+            scale, scale_rec = fit_export_scale(decoder, tok, pooling=pooling, max_length=max_seq_length,
+                                                calibration=calibration, samples=calibration_samples)
+        decoder.to(to_torch(dtype))
         decoder.save_pretrained(tmp, max_shard_size=shard)
         stage_recs = [{"stage": s.stage, "steps": s.steps, "adapter": s.path} for s in src.stages]
         _update_config(tmp, {
             "version": __version__, "stage": STAGE.name, "exported_from": str(src.path), "source_kind": src.kind,
             "base_model": src.chain.base_model, "chain": stage_recs, "pooling": pooling, "normalize": normalize,
             "query_instruction": query_instruction, "document_instruction": document_instruction, "dtype": dtype,
-            "max_seq_length": max_seq_length,
+            "max_seq_length": max_seq_length, "sink": installed_sink(tmp), "matryoshka_dims": matryoshka,
+            "dim_scale": scale_rec,
             "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
             "transformers": transformers.__version__, "torch": torch.__version__.split("+")[0]})
         write_st_files(tmp, dim=dim, pooling=pooling, normalize=normalize, max_seq_length=max_seq_length,
-                          query_instruction=query_instruction, document_instruction=document_instruction)
+                       query_instruction=query_instruction, document_instruction=document_instruction,
+                       trained_prompts=trained_prompts(src), dim_scale=scale)
         del model, decoder, loaded
         gc.collect()
         if verify:
@@ -209,7 +219,8 @@ def export(source: str | Path, out: str | Path, *, dtype: str = "float32", pooli
         card = model_card(out.name, src, pooling=pooling, normalize=normalize, dtype=dtype,
                           max_seq_length=max_seq_length, query_instruction=query_instruction,
                           document_instruction=document_instruction, tok_facts=tok_facts,
-                          warnings_=warnings_, recipe=recipe, licence=_licence(src))
+                          warnings_=warnings_, recipe=recipe, licence=_licence(src), matryoshka_dims=matryoshka,
+                          dim_scale=scale_rec)
         (tmp / "README.md").write_text(card)
         files = sorted(str(p.relative_to(tmp)) for p in tmp.rglob("*") if p.is_file())
     if not report:
@@ -217,3 +228,14 @@ def export(source: str | Path, out: str | Path, *, dtype: str = "float32", pooli
     return ExportReport(out=out, source_kind=src.kind, chain=src.chain, dtype=dtype, pooling=pooling,
                         normalize=normalize, files=files, warnings=warnings_, verified=verify,
                         seconds=time.perf_counter() - t0)
+
+
+def trained_prompts(src) -> dict[str, str]:
+    """{data set: its instruction as a prompt} of the chain's last supervised stage (queries were
+    trained behind these; documents bare), so `encode(q, prompt_name="allnli")` calls the model as
+    it was trained."""
+    from l2v_cli.encoding import as_prefix
+
+    instr = [s.extra.get("instructions") for s in src.stages if s.extra.get("instructions")]
+    return {name: as_prefix(text) for name, text in (instr[-1] if instr else {}).items() if text}
+

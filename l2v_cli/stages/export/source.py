@@ -64,6 +64,32 @@ def _stage_data(stage_dir: Path, stage: str) -> Optional[object]:
         return None
 
 
+def _stage_matryoshka(stage_dir: Path, stage: str) -> Optional[dict]:
+    """A checkpoint's Matryoshka dims, from its stage's config.yaml (as written: may hold 'full')."""
+    cfg = stage_dir / "config.yaml"
+    if not cfg.exists() or stage not in registry.NAMES:
+        return None
+    try:
+        import yaml
+
+        d = yaml.safe_load(cfg.read_text()) or {}
+        dims = ((d.get(registry.get(stage).section) or {}).get("matryoshka") or {}).get("dims")
+    except Exception:  # best effort, like the card's data column
+        return None
+    return {"dims": list(dims)} if dims else None
+
+
+def trained_dims(stages: list[StageInfo], hidden: int) -> Optional[list[int]]:
+    """The Matryoshka widths of the chain's last contrastive stage ('full' = `hidden`); None when
+    it trained the full width only (a later plain contrastive stage undoes an earlier Matryoshka one)."""
+    for s in reversed(stages):
+        spec = registry.get(s.stage) if s.stage in registry.NAMES else None
+        if spec is not None and spec.plan is not None and spec.plan.loss == "contrastive":
+            dims = (s.extra.get("matryoshka") or {}).get("dims")
+            return [hidden if d == "full" else int(d) for d in dims] if dims else None
+    return None
+
+
 def _stage_info(adapter: Path) -> StageInfo:
     """What the model card says about one adapter of the chain."""
     adapter = Path(adapter)
@@ -79,7 +105,7 @@ def _stage_info(adapter: Path) -> StageInfo:
                 section = None
         stage = registry.by_section(section).name if section in registry.TRAIN_SECTIONS else "adapter"
         return StageInfo(stage, str(adapter), int(m.group(1)), _stage_data(stage_dir, stage),
-                         {"checkpoint": adapter.name})
+                         {"checkpoint": adapter.name, "matryoshka": _stage_matryoshka(stage_dir, stage)})
     rec_path = stage_dir / STAGE_FILE
     if adapter.name == "adapter" and rec_path.exists():
         try:

@@ -108,6 +108,9 @@ def write_tokenizer(tmp: Path, tok_dir: Path, pooling: str) -> dict:
     if getattr(plain, "chat_template", None) is not None:
         raise L2VError("the exported tokenizer still carries a chat template", where=str(tmp),
                        fix="please report this tokenizer type")
+    if special_affixes(plain)[0] != prefix:  # e.g. the attention sink (l2v_cli/modeling/sink.py)
+        raise L2VError(f"the exported tokenizer ({type(plain).__name__}) no longer puts {prefix} before a text "
+                       "after a reload", where=str(tmp), fix="please report this tokenizer type")
     if pooling == "eos":
         p2, s2 = special_affixes(plain)
         if not (s2 and s2[-1] == plain.eos_token_id):
@@ -120,7 +123,8 @@ def write_tokenizer(tmp: Path, tok_dir: Path, pooling: str) -> dict:
 
 def boundary_check(tok, instruction: str) -> tuple[bool, bool]:
     """Does tokenising instruction + text as ONE string (what sentence-transformers does) differ from
-    tokenising them separately (what `l2v encode` does)? (for ordinary texts, for texts that start
+    tokenising them separately? If so the instruction's last token merges into the text's first,
+    which the prompt count then leaves out of the pooling (for ordinary texts, for texts that start
     with whitespace)."""
     ins = tok(instruction, add_special_tokens=False)["input_ids"]
 
