@@ -66,9 +66,10 @@ install-llamacpp-tools:
 	rm -rf $$src; fi
 
 # The GGUF slow lane: real llama.cpp vs `l2v encode` (tiny models of every architecture, SmolLM2-135M).
-# The serve test (llama-server, llama-embedding as the model card writes them) runs when
-# `make install-llamacpp-tools` has built them (another ~18 CPU-minutes), else it is skipped.
-test-gguf: install-llamacpp
+# It builds llama.cpp's tools too (another ~18 CPU-minutes, once), for the serve test (llama-server,
+# llama-embedding as the model card writes them); with only `make install-llamacpp` and pytest run
+# by hand, that test is skipped.
+test-gguf: install-llamacpp install-llamacpp-tools
 	L2V_LLAMACPP_BIN=$(LLAMACPP_TOOLS)/bin $(PY) -m pytest -q -m slow -p no:cacheprovider tests/test_gguf_llamacpp.py
 
 bench:

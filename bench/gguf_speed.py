@@ -5,14 +5,17 @@ STS-B Spearman — one run, one JSON.
     python -m bench.run gguf --model runs/cpu-demo/final --threads 2 --n 256
 
   * cosine llama.cpp vs the Encoder (fp32, as `l2v encode`) over the first 50 STS-B sentences,
-    per type (f32, f16, bf16, q8_0): "served" = llama.cpp's own tokenization + pooling (what
-    llama-server returns), "exact" = per-token states pooled by us (`l2v eval MODEL.gguf`); with
-    the STS instruction too (served pools the instruction: expected lower);
+    per type (f32, f16, bf16, q8_0): "served_text" = llama.cpp's own tokenization + pooling of a
+    plain string (no attention sink), "served_ids" = llama.cpp's pooling over the ids `l2v encode`
+    uses (the sink sent as ids: what llama-server returns for a token-id prompt), "exact" =
+    per-token states pooled by us (`l2v eval MODEL.gguf`); with the STS instruction too (served
+    pools the instruction: expected lower);
   * tokenization: llama.cpp vs transformers on the probe strings + 50 STS-B sentences;
   * speed: the same N sentences, `l2v encode` fp32 (torch threads = T) vs the q8_0 GGUF in
-    llama.cpp (n_threads = T), alternated, best of --repeats each, ratio = llama.cpp / l2v;
-  * STS-B test Spearman (×100, the instruction protocol of `l2v eval`) of the fp32
-    folder and of the q8_0 GGUF (through llama.cpp).
+    llama.cpp (n_threads = T; tokenized by llama.cpp, the sink's ids put before, pooled by
+    llama.cpp: the served-ids path), alternated, best of --repeats each, ratio = llama.cpp / l2v;
+  * STS-B test Spearman (×100, both protocols of `l2v eval`: no prompt, instruction) of the
+    fp32 folder and of the q8_0 GGUF (through llama.cpp).
 """
 
 from __future__ import annotations
@@ -116,14 +119,18 @@ def run(argv: list[str]) -> dict:
     enc = Encoder.from_pretrained(str(folder), pooling="mean", dtype="float32")
     lm = LlamaCppModel(files["q8_0"], pooling="mean", n_threads=args.threads)
     enc.encode(speed_texts[:8])
-    lm.embed(speed_texts[:8])
+
+    def served(texts):  # what a llama-server client with token-id prompts gets, tokenization included
+        return lm.pooled([lm.l2v_tokenize(t) for t in texts])
+
+    served(speed_texts[:8])
     best = {"l2v_fp32": float("inf"), "llamacpp_q8_0": float("inf")}
     for _ in range(args.repeats):
         t0 = time.perf_counter()
         enc.encode(speed_texts, batch_size=32)
         best["l2v_fp32"] = min(best["l2v_fp32"], time.perf_counter() - t0)
         t0 = time.perf_counter()
-        lm.embed(speed_texts)
+        served(speed_texts)
         best["llamacpp_q8_0"] = min(best["llamacpp_q8_0"], time.perf_counter() - t0)
     lm.close()
     del enc
@@ -139,9 +146,9 @@ def run(argv: list[str]) -> dict:
         res["stsb_spearman"] = {}
         for label, spec in (("fp32_folder", str(folder)), ("q8_0_gguf", str(files["q8_0"]))):
             t0 = time.perf_counter()
-            r = evaluate(spec, "stsb", dtype="float32", cache=False, batch_size=32, protocols="instruction")
-            res["stsb_spearman"][label] = round(r["tasks"]["stsb"]["instruction"]["spearman"], 2)
+            r = evaluate(spec, "stsb", dtype="float32", cache=False, batch_size=32)
+            res["stsb_spearman"][label] = {p: round(v["spearman"], 2) for p, v in r["tasks"]["stsb"].items()}
             log(f"stsb {label}: {res['stsb_spearman'][label]} ({time.perf_counter() - t0:.0f}s)")
-        res["stsb_spearman"]["delta"] = round(res["stsb_spearman"]["q8_0_gguf"] - res["stsb_spearman"]["fp32_folder"],
-                                              2)
+        res["stsb_spearman"]["delta"] = {p: round(v - res["stsb_spearman"]["fp32_folder"][p], 2)
+                                         for p, v in res["stsb_spearman"]["q8_0_gguf"].items()}
     return res
