@@ -179,6 +179,25 @@ def test_masking_is_a_function_of_seed_and_step(tok):
     assert not torch.equal(other_seed["labels"], first["labels"])
 
 
+def test_rows_carry_their_index_and_masks_follow_it(tok):
+    """The index the masks are seeded from comes with each row on read (no stored column), so a
+    batch's masks depend on its rows only: the same batch is masked alike in a resumed run."""
+    import datasets
+    from torch.utils.data import DataLoader
+
+    from l2v_cli.stages.mntp import IndexedRows, RowSeededMasking
+
+    blocks = datasets.Dataset.from_dict({"input_ids": ordinary_batch(tok, (10, 16)).tolist()})
+    rows = IndexedRows(blocks)
+    assert len(rows) == 10 and rows[3] == {"input_ids": blocks[3]["input_ids"], "idx": 3}
+    assert blocks.column_names == ["input_ids"]
+    collator = RowSeededMasking(MntpCollator(tok, resolve_mask_token(tok, "_").id, 0.3, seed=7))
+    batch = next(iter(DataLoader(rows, batch_size=3, sampler=[7, 2, 9], collate_fn=collator)))
+    assert batch["idx"].tolist() == [7, 2, 9]
+    again = collator([rows[i] for i in (7, 2, 9)])
+    assert torch.equal(batch["input_ids"], again["input_ids"]) and torch.equal(batch["labels"], again["labels"])
+
+
 def test_unknown_strategy_is_an_error(tok):
     with pytest.raises(L2VError, match="mntp.mask_strategy"):
         MntpCollator(tok, 66, 0.2, "bert")

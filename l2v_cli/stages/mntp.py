@@ -8,14 +8,32 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
-
 from l2v_cli.stages import registry
 from l2v_cli.stages.common import (finish_stage, load_training_model, note, prepare_stage_dir, read_chain,
                                    resolve_stage_recipe, stage_config, write_config, write_ledger)
 from l2v_cli.training.spine import L2VTrainer
 
 STAGE = registry.of_module(__name__)
+
+
+class IndexedRows:
+    """The blocks, each row with its index ("idx"), computed on read: the masks and the ledger
+    need each row's index, and a stored column of them would be 8 bytes a block of private memory
+    on every rank (the blocks themselves stay memory-mapped)."""
+
+    def __init__(self, rows):
+        self.rows = rows
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, i: int) -> dict:
+        return {**self.rows[i], "idx": i}
+
+    def __getitems__(self, keys: list[int]) -> list[dict]:
+        """A batch in one Arrow read (torch's DataLoader asks for batches this way when it can)."""
+        cols = self.rows[keys]
+        return [{**{c: v[j] for c, v in cols.items()}, "idx": i} for j, i in enumerate(keys)]
 
 
 class RowSeededMasking:
@@ -91,10 +109,9 @@ def train_mntp(recipe, input_model: str | Path, out: str | Path, *, resume: bool
     with args.main_process_first(desc="tokenize"):  # rank 0 fills the token cache, the rest reuse it
         texts = load_texts(cfg.data, key="mntp.data")
         ds = group_texts(tokenize_texts(texts, tok, max_length=None), cfg.max_seq_length, tok.eos_token_id)
-    ds = ds.add_column("idx", np.arange(len(ds)))  # 8 bytes a block, no Python list of the corpus
     collator = RowSeededMasking(MntpCollator(tok, mask_id, cfg.mask_probability, cfg.mask_strategy,
                                              seed=recipe.seed))
-    trainer = MntpTrainer(model=model, args=args, train_dataset=ds, data_collator=collator,
+    trainer = MntpTrainer(model=model, args=args, train_dataset=IndexedRows(ds), data_collator=collator,
                           stage_config=scfg,
                           callbacks=[JsonlMetrics(out), RichProgress(f"{STAGE.title} {out.name}")])
     trainer.softcap = logit_softcap(model.config)

@@ -6,7 +6,8 @@ schedulers and exact resume (optimizer, scheduler, RNG, data position) come test
     place; we rename after the save, so a kill mid-save never leaves a checkpoint that looks whole),
   - a refusal to resume from a checkpoint of a different recipe,
   - a stop on NaN/inf loss that names the step and keeps the last good checkpoint,
-  - tokens/s, a JSONL metrics log, a PNG loss curve and a rich progress bar.
+  - tokens/s, a JSONL metrics log, a PNG loss curve and a rich progress bar,
+  - a shuffled order in constant memory (`training.shuffle`), not a list of every row per rank.
 Stages subclass `L2VTrainer` and implement `compute_loss`.
 """
 
@@ -21,10 +22,12 @@ import warnings
 from pathlib import Path
 
 import torch
+from torch.utils.data import IterableDataset
 from transformers import PrinterCallback, Trainer, TrainerCallback, TrainingArguments
 
 from l2v_cli.errors import L2VError
 from l2v_cli.training import checkpoints as ck
+from l2v_cli.training.shuffle import ShuffleSampler
 
 # transformers 5.2x renames gradient_checkpointing -> activation_checkpointing; the old names work
 # across all of 5.x (our supported range), so keep them and drop the rename notices.
@@ -81,6 +84,22 @@ class L2VTrainer(Trainer):
         self.stage_config = stage_config
         self.tokens_seen = 0  # real (non-pad) tokens this process has trained on since the last log
         self._last_log_time = time.time()
+        self.shuffle: ShuffleSampler | None = None  # the "random" order, once the data loader is built
+        self.add_callback(ShuffleEpoch(self))
+
+    # -- data order ---------------------------------------------------------------------
+    def _get_train_sampler(self, train_dataset=None):
+        """The "random" order from `ShuffleSampler` (constant memory) instead of HF's RandomSampler,
+        whose `randperm(n).tolist()` holds every row index on every rank; other strategies
+        (group_by_length) as HF builds them. transformers 5.x has no public way to choose the
+        sampler short of re-building the whole data loader (`get_train_dataloader`); this
+        underscore hook is the narrow one (in 5.x it takes the dataset, defaulting to ours)."""
+        ds = train_dataset if train_dataset is not None else self.train_dataset
+        if self.args.train_sampling_strategy != "random" or ds is None or isinstance(ds, IterableDataset):
+            return super()._get_train_sampler(train_dataset)
+        seed = self.args.data_seed if self.args.data_seed is not None else self.args.seed
+        self.shuffle = ShuffleSampler(len(ds), seed)
+        return self.shuffle
 
     # -- loss helpers -------------------------------------------------------------------
     def count_tokens(self, attention_mask: torch.Tensor) -> None:
@@ -130,6 +149,20 @@ class L2VTrainer(Trainer):
             os.replace(src, dst)
             ck.rotate(out, keep)
         self.accelerator.wait_for_everyone()
+
+
+class ShuffleEpoch(TrainerCallback):
+    """Give the shuffle sampler the epoch that begins. accelerate's `set_epoch` reaches it in a
+    fresh run, but not through the wrappers of a resumed multi-process one (SkipBatchSampler >
+    BatchSamplerShard > BatchSampler), which would then replay epoch 0's order."""
+
+    def __init__(self, trainer: L2VTrainer):
+        self.trainer = trainer
+
+    def on_epoch_begin(self, args, state, control, **kw):
+        if self.trainer.shuffle is not None:
+            # state.epoch is epochs done + the fraction of this one (restored on resume)
+            self.trainer.shuffle.set_epoch(int(state.epoch or 0))
 
 
 class JsonlMetrics(TrainerCallback):
