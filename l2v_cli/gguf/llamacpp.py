@@ -209,14 +209,13 @@ class LlamaCppModel:
                         out[idx] = np.ctypeslib.as_array(ctypes.cast(ptr, ctypes.POINTER(ctypes.c_float)),
                                                          (dim,)).copy()
                     continue
+                # every token is an output, in batch order: one (k, dim) block of float32
+                ptr = lib.llama_get_embeddings(ctx)
+                states = np.ctypeslib.as_array(ctypes.cast(ptr, ctypes.POINTER(ctypes.c_float)), (k, dim))
                 k = 0
                 for idx in group:
                     n = len(seqs[idx])
-                    arr = np.empty((n, dim), dtype=np.float32)
-                    for j in range(n):
-                        ptr = lib.llama_get_embeddings_ith(ctx, k + j)
-                        arr[j] = np.ctypeslib.as_array(ctypes.cast(ptr, ctypes.POINTER(ctypes.c_float)), (dim,))
-                    out[idx] = arr
+                    out[idx] = states[k:k + n].copy()
                     k += n
         finally:
             lib.llama_batch_free(batch)
