@@ -23,6 +23,7 @@ import time
 BENCHMARKS: dict[str, str] = {
     "encode": "bench.encode_speed",
     "train": "bench.train_speed",
+    "gguf": "bench.gguf_speed",
     "matryoshka": "bench.matryoshka_speed",
 }
 

@@ -31,11 +31,26 @@ def export_command(
                                               "them (a Dense module before Normalize; see docs/quality.md)."),
     calibration_samples: int = typer.Option(2000, "--calibration-samples", min=2, help="Texts drawn from --calibration."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace OUT if it exists (only once the new one is complete)."),
+    fmt: str = typer.Option("st", "--format", help="st (sentence-transformers folder), gguf (llama.cpp), or "
+                            "st,gguf (both in OUT). See docs/gguf.md."),
+    gguf_type: str = typer.Option("f16", "--gguf-type", help="GGUF weights: f32 | f16 | bf16 | q8_0 "
+                                  "(comma-separated for several files)."),
+    allow_causal: bool = typer.Option(False, "--allow-causal", help="GGUF: export a causal model folder as it is "
+                                      "(by default only bidirectional models are exported)."),
 ) -> None:
     """Merge SOURCE's adapter chain into the weights and write a sentence-transformers model folder."""
     from l2v_cli.encoding import check_pooling
 
     check_pooling(pooling)  # before anything heavy is imported
+    if fmt.replace(" ", "") != "st":
+        from l2v_cli.cli.gguf_export import export_gguf_command
+
+        return export_gguf_command(source, out, fmt=fmt, gguf_type=gguf_type, allow_causal=allow_causal,
+                                   pooling=pooling, normalize=normalize, query_instruction=query_instruction,
+                                   document_instruction=document_instruction, overwrite=overwrite, dtype=dtype,
+                                   max_shard_size=max_shard_size, max_seq_length=max_seq_length,
+                                   stage_input=stage_input, verify=verify, calibration=calibration,
+                                   calibration_samples=calibration_samples)
     from l2v_cli.stages.export import export
 
     rep = export(source, out, dtype=dtype, pooling=pooling, normalize=normalize, max_shard_size=max_shard_size,

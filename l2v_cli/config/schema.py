@@ -228,6 +228,10 @@ class ExportConfig:
     max_shard_size: str = opt("5GB", "Largest safetensors shard.")
     query_instruction: Optional[str] = opt(None, "Prompt prepended to queries (null = none).")
     document_instruction: Optional[str] = opt(None, "Prompt prepended to documents (null = none).")
+    formats: list[Literal["st", "gguf"]] = opt(lambda: ["st"], "What to write: st (sentence-transformers "
+                                                "folder), gguf (llama.cpp file in the same folder; docs/gguf.md).")
+    gguf_types: list[Literal["f32", "f16", "bf16", "q8_0"]] = opt(lambda: ["q8_0"], "GGUF weight types "
+                                                                   "(one file each) when formats has gguf.")
     calibration: Optional[str] = opt(
         None, "A file of ordinary texts: scale each embedding dimension by 1/its standard deviation over a "
         "sample of them (a Dense module before Normalize; evens out the few outlier dimensions that "

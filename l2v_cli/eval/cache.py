@@ -67,6 +67,8 @@ def encoder_settings(encoder) -> dict:
     """What, besides the texts and instruction, decides an Encoder's vectors."""
     from l2v_cli.modeling.bidir import is_bidirectional_config
 
+    if hasattr(encoder, "settings_for_cache"):  # an encoder that is not a torch model (GGUFEncoder)
+        return encoder.settings_for_cache()
     cfg = getattr(getattr(encoder, "_backbone", None), "config", None) or getattr(encoder.model, "config", None)
     out = {
         "model": model_fingerprint(getattr(encoder, "path", None)),

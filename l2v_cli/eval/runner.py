@@ -157,6 +157,13 @@ def load_encoder(model: str, *, pooling: str = "mean", dtype: str = "auto", max_
     spec, bidir = parse_model_spec(str(model), bidirectional)
     _quiet_transformers()
     t0 = time.perf_counter()
+    from l2v_cli.gguf.llamacpp import GGUFEncoder, is_l2v_gguf
+
+    if is_l2v_gguf(spec):  # our own GGUF export: run it through llama.cpp, as it is served
+        if bidir is not None:
+            raise L2VError("a GGUF export runs with the attention it records", where="MODEL",
+                           fix="drop @causal/@bidirectional and --causal/--bidirectional for a .gguf")
+        return GGUFEncoder(spec, pooling=pooling, max_length=max_length), spec, time.perf_counter() - t0
     enc = Encoder.from_pretrained(spec, pooling=pooling, dtype=dtype, max_length=max_length,
                                   attn_implementation=attn_implementation, bidirectional=bidir,
                                   trust_remote_code=trust_remote_code)

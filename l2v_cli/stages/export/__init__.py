@@ -5,7 +5,8 @@ transformers and `l2v encode` all load — and give the same embeddings.
 
 One module per concern: source.py (what SOURCE is and the chain behind it), tokenizer.py (tokenizer
 surgery), st_files.py (the sentence-transformers files and which versions read them), card.py (the
-model card) and run.py (the export itself: merge, write, verify, rename into place).
+model card), run.py (the export itself: merge, write, verify, rename into place), gguf_files.py (the
+GGUF side, `--format gguf`: docs/gguf.md) and recipe.py (a recipe's `export` section: the run's stage).
 
 SOURCE is one of
   * a completed training-stage folder (has `stage.json`): its base model plus every adapter of the
@@ -62,7 +63,8 @@ Known differences, measured by tests/test_export.py (and named in the model card
     filler token (EOS).
 """
 
-from l2v_cli.stages.export.run import ExportReport, export, export_from_recipe, run_export
+from l2v_cli.stages.export.recipe import export_from_recipe, run_export
+from l2v_cli.stages.export.run import ExportReport, export
 from l2v_cli.stages.export.source import ExportSource, StageInfo, resolve_source
 from l2v_cli.stages.export.st_files import (ST_FORMAT_MIN_VERSION, ST_LOADS_MIN_VERSION, ST_MIN_VERSION,
                                             ST_POOLING_KEYS, TRANSFORMERS_MIN_VERSION)

@@ -239,19 +239,3 @@ def trained_prompts(src) -> dict[str, str]:
     instr = [s.extra.get("instructions") for s in src.stages if s.extra.get("instructions")]
     return {name: as_prefix(text) for name, text in (instr[-1] if instr else {}).items() if text}
 
-
-def export_from_recipe(recipe, source: str | Path, out: str | Path, *, overwrite: bool = False,
-                       stage_input: str | Path | None = None) -> Path:
-    """`export` with the settings of a recipe's `export` section (what `l2v convert` uses)."""
-    e = recipe.export
-    max_len = getattr(getattr(recipe, "eval", None), "max_length", 512) or 512
-    return export(source, out, dtype=e.dtype, pooling=e.pooling, normalize=e.normalize,
-                  max_shard_size=e.max_shard_size, query_instruction=e.query_instruction,
-                  document_instruction=e.document_instruction, overwrite=overwrite, recipe=recipe,
-                  max_seq_length=max_len, stage_input=stage_input, calibration=e.calibration,
-                  calibration_samples=e.calibration_samples)
-
-
-def run_export(recipe, source: str | Path, out: str | Path, ctx=None) -> Path:
-    """The export stage of a run: the recipe's `export` section; replaces a folder an interrupted run left."""
-    return export_from_recipe(recipe, source, out, overwrite=True)
