@@ -56,7 +56,7 @@ install-llamacpp-tools:
 	@if [ -x $(LLAMACPP_TOOLS)/bin/llama-server ] && [ -x $(LLAMACPP_TOOLS)/bin/llama-embedding ]; then \
 		echo "llama.cpp tools in $(LLAMACPP_TOOLS)/bin"; else \
 	src=$$(mktemp -d) && \
-	$(PIP) download -q --no-deps --no-binary :all: -d $$src llama-cpp-python==$(LLAMACPP_VERSION) && \
+	$(PIP) download -q --no-deps --no-binary llama-cpp-python -d $$src llama-cpp-python==$(LLAMACPP_VERSION) && \
 	tar xzf $$src/llama_cpp_python-$(LLAMACPP_VERSION).tar.gz -C $$src && \
 	cmake -S $$src/llama_cpp_python-$(LLAMACPP_VERSION)/vendor/llama.cpp -B $$src/build -DCMAKE_BUILD_TYPE=Release \
 		$(filter-out -DLLAVA_BUILD=OFF,$(LLAMACPP_CMAKE_ARGS)) -DLLAMA_CURL=OFF -DLLAMA_OPENSSL=OFF -DLLAMA_BUILD_TESTS=OFF \

@@ -5,7 +5,7 @@
         "A man is playing a guitar." "Someone plays an instrument."
 
 Prints one JSON list per text (the mean-pooled, unnormalised embedding). An empty instruction ("")
-gives the plain embedding.
+gives the plain embedding (every token pooled, BOS and the sink included, as `l2v encode` does).
 
 Why not llama.cpp's own pooling: its mean averages every token of the input, the instruction's
 too. Here the model runs with pooling none (one state per token). The input is laid out as the
@@ -47,10 +47,15 @@ def prefix_ids(llm: Llama) -> list[int]:
 
 
 def embed(llm: Llama, instruction: str, text: str) -> np.ndarray:
+    meta = llm.metadata
+    eos = [int(meta["tokenizer.ggml.eos_token_id"])] if meta.get("tokenizer.ggml.add_eos_token") == "true" else []
     prefix = prefix_ids(llm)
-    n_context = len(prefix) + len(llm.tokenize(instruction.encode(), add_bos=False, special=True))
-    ids = prefix + llm.tokenize((instruction + text).encode(), add_bos=False, special=True)
-    return token_states(llm, ids)[n_context:].mean(axis=0)  # attended to, not pooled: the instruction
+    # no instruction: every token is pooled (BOS and the sink too), as `l2v encode` pools a bare text
+    n_context = len(prefix) + len(llm.tokenize(instruction.encode(), add_bos=False, special=True)) if instruction else 0
+    ids = prefix + llm.tokenize((instruction + text).encode(), add_bos=False, special=True) + eos
+    if len(ids) <= n_context:  # an empty text after an instruction: pool one filler token, as l2v does
+        ids.append(eos[0] if eos else int(meta.get("tokenizer.ggml.eos_token_id", 0)))
+    return token_states(llm, ids)[n_context:].mean(axis=0)  # the instruction is attended to, not pooled
 
 
 if __name__ == "__main__":

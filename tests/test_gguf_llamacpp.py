@@ -175,6 +175,11 @@ def test_instruction_served_vs_exact(smollm, root):
                            INSTRUCTION, *texts[:3]], capture_output=True, text=True, check=True, timeout=300)
     got = np.array([json.loads(line) for line in proc.stdout.splitlines()], dtype=np.float32)
     assert cosine_rows(got, ref).min() >= 0.9999
+    # an empty instruction: the bare text, every token pooled (BOS and the sink too), as `l2v encode`
+    proc = subprocess.run([sys.executable, str(REPO / "docs" / "gguf_instruction_pooling.py"), str(path),
+                           "", *texts[:3]], capture_output=True, text=True, check=True, timeout=300)
+    got = np.array([json.loads(line) for line in proc.stdout.splitlines()], dtype=np.float32)
+    assert cosine_rows(got, reference_embeddings(smollm, texts[:3])).min() >= 0.9999
 
 
 def test_l2v_eval_runs_the_gguf_through_llama_cpp(smollm, root, tmp_path):
@@ -294,9 +299,17 @@ def test_llama_embedding_from_the_card_without_sink(root, tmp_path):
     cmd = _card_command(card, "llama-embedding")
     cmd[0] = _tool("llama-embedding")
     cmd[cmd.index("-p") + 1] = texts[0]
-    proc = subprocess.run(cmd + ["-t", str(THREADS)], cwd=tmp_path / "enc", capture_output=True, text=True,
-                          timeout=300)
-    assert proc.returncode == 0, proc.stderr[-2000:]
+    # llama.cpp's logger thread (common/log.cpp; the logger is leaked on purpose upstream, so lines
+    # still queued at exit are lost) prints llama-embedding's JSON; here 3 of 16 runs printed nothing
+    # with exit code 0. The card says to rerun then; so does this test, a bounded number of times.
+    for _ in range(5):
+        proc = subprocess.run(cmd + ["-t", str(THREADS)], cwd=tmp_path / "enc", capture_output=True, text=True,
+                              timeout=300)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        if "{" in proc.stdout:
+            break
+    else:
+        pytest.fail("llama-embedding printed no JSON in 5 runs")
     data = json.loads(proc.stdout[proc.stdout.index("{"):])
     got = np.array([d["embedding"] for d in data["data"]], dtype=np.float32)
     assert cosine_rows(got, reference_embeddings(folder, texts)).min() >= 0.9999

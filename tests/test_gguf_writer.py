@@ -321,6 +321,17 @@ def test_gguf_card_says_how_to_serve(llama, tmp_path):
     assert "llama-embedding -m" not in card  # plain text only: it cannot send the sink
 
 
+def test_gguf_card_request_ends_with_eos_when_the_file_adds_it(llama, tmp_path):
+    """eos pooling: llama.cpp appends EOS to a text prompt, not to one that starts with an id, so the
+    card's token-id request carries it (</s> = 2 in the tiny tokenizer)."""
+    from l2v_cli.stages.export.gguf_files import export_gguf
+
+    export_gguf(llama, tmp_path / "enc", gguf_types=["f16"], pooling="eos")
+    card = (tmp_path / "enc" / "README.md").read_text()
+    assert '-d \'{"input": [[1, 2, 224, "a sentence", 2], [1, 2, 224, "another one", 2]]}\'' in card
+    assert "llama-server -m enc-f16.gguf --embeddings --pooling last --port 8080" in card
+
+
 def test_gguf_card_without_sink_serves_plain_strings(nosink, tmp_path):
     from l2v_cli.stages.export.gguf_files import export_gguf
 
@@ -354,6 +365,9 @@ def test_recipe_formats_st_and_gguf(llama, tmp_path):
     names = {p.name for p in out.iterdir()}
     assert {"final-f16.gguf", "final-q8_0.gguf", "modules.json", "config.json"} <= names
     assert load_recipe("smoke").export.formats == ["st"]  # default: as before
+    # the temporary models of `mine` and ablation eval points: the sentence-transformers folder only
+    tmp = export_from_recipe(recipe, llama, tmp_path / "tmp-model", st_only=True)
+    assert (tmp / "modules.json").exists() and not list(tmp.glob("*.gguf"))
 
 
 def test_recipe_formats_rejects_unknown_and_gguf_alone(llama, tmp_path):

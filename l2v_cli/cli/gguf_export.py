@@ -31,5 +31,7 @@ def export_gguf_command(source: Path, out: Path, *, fmt: str, gguf_type: str, al
                err=True)
     if first.sink_ids:
         what = "BOS, then the attention sink" if first.add_bos else "the attention sink"
+        end = "".join(f", {i}" for i in first.suffix_ids)
         typer.echo(f"send each text after the token ids {first.prefix_ids} ({what}): "
-                   "{\"input\": [[" + ", ".join(map(str, first.prefix_ids)) + ", \"a text\"]]} (README.md)", err=True)
+                   "{\"input\": [[" + ", ".join(map(str, first.prefix_ids)) + ", \"a text\"" + end + "]]} (README.md)",
+                   err=True)

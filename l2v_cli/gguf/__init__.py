@@ -5,8 +5,11 @@
     vocab.py     the tokenizer embedded so llama.cpp splits text as transformers does
     llamacpp.py  running a .gguf through llama-cpp-python: served embeddings, per-token states,
                  the tokenization check, GGUFEncoder (what `l2v eval MODEL.gguf` uses)
-    export.py    `l2v export --format gguf|st,gguf`: merge if needed, write, check, card
+    check.py     a GGUF against its source folder: cosine per path (served text, served ids, exact)
     card.py      model-card text (how to serve it)
+
+The export itself (`l2v export --format gguf|st,gguf`: merge if needed, write, check, card) is
+l2v_cli/stages/export/gguf_files.py.
 
 Only writer/arch/vocab are needed to write a GGUF; llama-cpp-python is optional (checks, eval).
 """

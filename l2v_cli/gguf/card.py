@@ -44,7 +44,10 @@ def card_section(report, folder: Path, level: str = "##") -> str:
         lines += [f"**The attention sink.** Every text this encoder embeds starts with the token ids `[{ids}]` "
                   f"({'BOS, then ' if first.add_bos else ''}the sink the conversion gave it: "
                   f"`l2v.sink_token_ids`). llama.cpp adds at most BOS to a plain string, so send each input as a "
-                  "token-id prompt — those ids, then the text — and llama-server returns exactly this encoder's "
+                  "token-id prompt — those ids, then the text"
+                  + (f", then `{first.suffix_ids[0]}` (EOS: llama-server adds it only to a prompt that starts "
+                     "with text)" if first.suffix_ids else "")
+                  + " — and llama-server returns exactly this encoder's "
                   "embedding. **A plain string is embedded without the sink and gives a different, much worse "
                   "vector** (cosine 0.25 to the right one on the demo model: docs/gguf.md). For the same "
                   "reason `llama-embedding`, which takes plain text only, does not serve this file.", ""]
@@ -52,15 +55,19 @@ def card_section(report, folder: Path, level: str = "##") -> str:
               f"llama-server -m {name} --embeddings --pooling {pool} --port 8080"]
     if first.sink_ids:
         ids = ", ".join(str(i) for i in first.prefix_ids)
+        end = "".join(f", {i}" for i in first.suffix_ids)
         lines += ["curl -s http://127.0.0.1:8080/v1/embeddings -H 'Content-Type: application/json' \\",
-                  f"     -d '{{\"input\": [[{ids}, \"a sentence\"], [{ids}, \"another one\"]]}}'"]
+                  f"     -d '{{\"input\": [[{ids}, \"a sentence\"{end}], [{ids}, \"another one\"{end}]]}}'"]
     else:
         lines += ["curl -s http://127.0.0.1:8080/v1/embeddings -H 'Content-Type: application/json' \\",
                   "     -d '{\"input\": [\"a sentence\", \"another one\"]}'"]
-    lines += ["```", ""]
+    lines += ["```", "", "llama-server does not truncate: an input longer than its batch (`-ub`, 512 tokens by "
+              "default) is refused, so cut texts to the encoder's max_seq_length on the client.", ""]
     if not first.sink_ids:
         lines += ["One-off from the shell:", "", "```bash",
-                  f"llama-embedding -m {name} --pooling {pool} -p 'a sentence' --embd-output-format json", "```", ""]
+                  f"llama-embedding -m {name} --pooling {pool} -p 'a sentence' --embd-output-format json", "```", "",
+                  "(llama-embedding prints through llama.cpp's logger thread, which can lose the output at exit: "
+                  "a run with exit code 0 and nothing on stdout is that; run it again.)", ""]
     lines += ["**Instructions.** llama.cpp's mean pooling averages every token, the instruction's too; this "
               "encoder (like `l2v encode --instruction`) pools only the text. For texts without an instruction "
               "the served embeddings equal the encoder's" + (" (sent with the ids above)" if first.sink_ids else "")

@@ -146,7 +146,7 @@ class LlamaCppModel:
         (+ EOS when the file says so)."""
         ids = self.l2v_prefix() + self.tokenize(text, add_special=False)
         if self._meta.get("tokenizer.ggml.add_eos_token"):
-            ids.append(self.llm.token_eos())
+            ids.append(int(self._meta["tokenizer.ggml.eos_token_id"]))
         return ids
 
     # ------------------------------------------------------------------ served path
@@ -257,9 +257,9 @@ class GGUFEncoder:
         self.file_type = _file_type_name(meta.get("general.file_type"))
         self.model = LlamaCppModel(self.path, pooling="none", n_ctx=max(max_length, 8), n_threads=n_threads)
         self.prefix = self.model.l2v_prefix()  # BOS, the attention sink
-        eos = self.model.llm.token_eos()
-        self.eos_id = eos if eos >= 0 else None
-        self.suffix = [eos] if meta.get("tokenizer.ggml.add_eos_token") and eos >= 0 else []
+        eos = meta.get("tokenizer.ggml.eos_token_id")  # not llm.token_eos(): a default when the file has none
+        self.eos_id = int(eos) if eos is not None else None
+        self.suffix = [self.eos_id] if meta.get("tokenizer.ggml.add_eos_token") and self.eos_id is not None else []
         pad = meta.get("tokenizer.ggml.padding_token_id")
         bos = meta.get("tokenizer.ggml.bos_token_id")
         self.fill_id = next((t for t in (self.eos_id, pad, bos) if t is not None), 0)

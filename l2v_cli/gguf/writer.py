@@ -50,6 +50,7 @@ class GGUFInfo:
     n_tensors: int
     bytes: int
     prefix_ids: list[int] = field(default_factory=list)  # what a client sends before a text: BOS, the sink
+    suffix_ids: list[int] = field(default_factory=list)  # and after it: EOS when the file adds one
     sink_ids: list[int] = field(default_factory=list)
     scaled: bool = False  # the export's per-dimension scale is folded into the final norm
 
@@ -365,5 +366,6 @@ def write_gguf(folder: str | Path, out: str | Path, *, gguf_type: str = "f16", p
         tmp.unlink(missing_ok=True)
         raise
     prefix = ([vocab.special["bos"]] if vocab.add_bos else []) + vocab.sink
+    suffix = [vocab.special["eos"]] if vocab.add_eos else []
     return GGUFInfo(out, spec.gguf_arch, gguf_type, pooling, causal, vocab.pre, vocab.add_bos, vocab.add_eos,
-                    len(plan), out.stat().st_size, prefix, list(vocab.sink), scale is not None)
+                    len(plan), out.stat().st_size, prefix, suffix, list(vocab.sink), scale is not None)

@@ -68,7 +68,7 @@ def run_eval_stage(recipe, final: str | Path, folder: str | Path, ctx: registry.
             result = json.loads(out.read_text())
         else:
             if stage is not None and not (Path(spec) / "config.json").exists():
-                export_from_recipe(recipe, stage.folder, spec, overwrite=True)
+                export_from_recipe(recipe, stage.folder, spec, overwrite=True, st_only=True)
             echo(f"eval: {label}  ({spec})")
             result = evaluate(spec, tasks, **opts)
             write_json(out, result)

@@ -62,7 +62,7 @@ def run_mine(recipe, input_model: str | Path, out: str | Path, ctx: registry.Run
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.model.", dir=out.parent))
     try:
         model = tmp / "model"
-        export_from_recipe(recipe, input_model, model, overwrite=True)
+        export_from_recipe(recipe, input_model, model, overwrite=True, st_only=True)
         return mine(str(model), cfg.data.path, out, corpus=cfg.corpus, negatives=cfg.negatives, rank_range=rank_range,
                     max_score_ratio=cfg.max_score_ratio, seed=recipe.seed, chunk_size=cfg.chunk_size,
                     batch_size=cfg.batch_size, max_length=cfg.max_length, pooling=cfg.pooling,

@@ -11,11 +11,13 @@ from l2v_cli.stages.export.run import export
 
 
 def export_from_recipe(recipe, source: str | Path, out: str | Path, *, overwrite: bool = False,
-                       stage_input: str | Path | None = None) -> Path:
-    """`export` with the settings of a recipe's `export` section (what `l2v convert` uses)."""
+                       stage_input: str | Path | None = None, st_only: bool = False) -> Path:
+    """`export` with the settings of a recipe's `export` section (what `l2v convert` uses).
+    `st_only`: the sentence-transformers folder alone, whatever `export.formats` says (the
+    temporary models that `mine` and ablation eval points encode with need no GGUF)."""
     e = recipe.export
     max_len = getattr(getattr(recipe, "eval", None), "max_length", 512) or 512
-    if "gguf" in (getattr(e, "formats", None) or ["st"]):
+    if not st_only and "gguf" in (getattr(e, "formats", None) or ["st"]):
         if "st" not in e.formats:
             raise L2VError("export.formats in a recipe must include st (eval and the report read that folder)",
                            where="export.formats", fix="use [st, gguf]")
