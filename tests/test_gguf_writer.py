@@ -241,6 +241,21 @@ def test_query_pre_attn_scalar_mismatch_refused(root, tmp_path):
         write_gguf(folder, tmp_path / "g.gguf")
 
 
+@pytest.mark.parametrize("where", ["top", "rope_parameters"])
+def test_phi3_partial_rotary_refused_wherever_the_config_keeps_it(where):
+    """Phi-4-mini style partial RoPE (0.75): transformers 5 keeps it in rope_parameters, older
+    configs at the top level; llama.cpp's phi3 graph rotates every dimension."""
+    cfg = {"hidden_size": 64, "num_attention_heads": 4, "rope_parameters": {"rope_type": "default"}}
+    if where == "top":
+        cfg["partial_rotary_factor"] = 0.75
+    else:
+        cfg["rope_parameters"]["partial_rotary_factor"] = 0.75
+    with pytest.raises(L2VError, match="partial_rotary_factor"):
+        arch_mod.check_config(arch_mod.SUPPORTED["phi3"], cfg)
+    arch_mod.check_config(arch_mod.SUPPORTED["phi3"], {**cfg, "partial_rotary_factor": 1.0,
+                                                       "rope_parameters": {"rope_type": "default"}})  # control
+
+
 def test_sentencepiece_style_tokenizer_refused(llama, tmp_path):
     import shutil
 

@@ -82,6 +82,7 @@ def check_config(spec: ArchSpec, cfg: dict, where: str = "config.json") -> None:
             raise L2VError(f"query_pre_attn_scalar={q} differs from head_dim={hd}: llama.cpp's {spec.gguf_arch} "
                            "scales attention by 1/sqrt(head_dim)", where=where,
                            fix="use --format st for this model")
-    if spec.model_type == "phi3" and cfg.get("partial_rotary_factor", 1.0) not in (None, 1.0):
+    partial = cfg.get("partial_rotary_factor", rope.get("partial_rotary_factor", 1.0))  # transformers 5: in rope_parameters
+    if spec.model_type == "phi3" and partial not in (None, 1.0):
         raise L2VError("phi3 with partial_rotary_factor != 1 is not supported by the GGUF export", where=where,
                        fix="use --format st for this model")
