@@ -99,7 +99,8 @@ class LlamaCppModel:
     """One llama.cpp context in embedding mode; `pooling` None = the file's pooling_type."""
 
     def __init__(self, path: str | Path, *, pooling: str | None = None, n_ctx: int = 512,
-                 n_threads: int | None = None, attention: str | None = None, vocab_only: bool = False):
+                 n_threads: int | None = None, attention: str | None = None, vocab_only: bool = False,
+                 metadata: dict | None = None):
         llama_cpp = require_llama_cpp()
         path = Path(path)
         if not path.is_file():
@@ -120,7 +121,7 @@ class LlamaCppModel:
                                    n_threads_batch=threads, verbose=False, **kw)
         self.n_ctx = n_ctx
         self._lib = llama_cpp
-        self._meta = read_metadata(path)
+        self.metadata = metadata if metadata is not None else read_metadata(path)  # the file's keys (gguf reader)
 
     # ------------------------------------------------------------------ tokens
     def tokenize(self, text: str, add_special: bool = True) -> list[int]:
@@ -133,20 +134,17 @@ class LlamaCppModel:
     def dim(self) -> int:
         return int(self.llm.n_embd())
 
-    def meta(self, key: str) -> str | None:
-        return self.llm.metadata.get(key)
-
     def l2v_prefix(self) -> list[int]:
         """The ids `l2v encode` puts before a text: BOS (when the file says so), then the sink."""
-        bos = [self.llm.token_bos()] if self._meta.get("tokenizer.ggml.add_bos_token") else []
-        return bos + sink_ids(self._meta)
+        bos = [self.llm.token_bos()] if self.metadata.get("tokenizer.ggml.add_bos_token") else []
+        return bos + sink_ids(self.metadata)
 
     def l2v_tokenize(self, text: str) -> list[int]:
         """The ids `l2v encode` (and transformers' tokenizer) give a bare text: l2v_prefix + text
         (+ EOS when the file says so)."""
         ids = self.l2v_prefix() + self.tokenize(text, add_special=False)
-        if self._meta.get("tokenizer.ggml.add_eos_token"):
-            ids.append(int(self._meta["tokenizer.ggml.eos_token_id"]))
+        if self.metadata.get("tokenizer.ggml.add_eos_token"):
+            ids.append(int(self.metadata["tokenizer.ggml.eos_token_id"]))
         return ids
 
     # ------------------------------------------------------------------ served path
@@ -255,7 +253,8 @@ class GGUFEncoder:
         arch = meta.get("general.architecture")
         self.bidirectional = meta.get(f"{arch}.attention.causal", True) is False
         self.file_type = _file_type_name(meta.get("general.file_type"))
-        self.model = LlamaCppModel(self.path, pooling="none", n_ctx=max(max_length, 8), n_threads=n_threads)
+        self.model = LlamaCppModel(self.path, pooling="none", n_ctx=max(max_length, 8), n_threads=n_threads,
+                                   metadata=meta)
         self.prefix = self.model.l2v_prefix()  # BOS, the attention sink
         eos = meta.get("tokenizer.ggml.eos_token_id")  # not llm.token_eos(): a default when the file has none
         self.eos_id = int(eos) if eos is not None else None
