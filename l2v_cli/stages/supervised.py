@@ -1,10 +1,10 @@
 """`train-supervised`: contrastive training on (query, positive, hard negative) rows (LLM2Vec step 4).
 
 Queries carry their data set's instruction (attended to, excluded from pooling), except a seeded
-share of them (`bare_queries`) that trains the no-prompt protocol users call the export with;
-every batch is drawn from one data set (so in-batch negatives are of the same kind); scale 50; optionally
-in-batch false negatives (another row's positive or hard negative equal to this row's positive)
-are masked out.
+share of them (`bare_queries`) that trains the no-prompt call users make of the export; every
+batch is drawn from one data set (so in-batch negatives are of the same kind); scale 50;
+optionally in-batch false negatives (another row's positive or hard negative equal to this row's
+positive) are masked out.
 """
 
 from __future__ import annotations
