@@ -185,6 +185,9 @@ class SupervisedConfig:
     instructions: Optional[Union[str, dict[str, str]]] = opt(
         None, "Path to a json mapping dataset name -> instruction, or that mapping inline."
     )
+    bare_queries: float = opt(
+        0.0, "Share of queries trained without their instruction (drawn per query, seeded), so the "
+        "model also learns the no-prompt call; 0 = every query instructed (paper).", ge=0, le=1)
     max_seq_length: int = opt(512, "Tokens per query / document.", gt=0)
     pooling: Pooling = opt("mean", "How token states become one embedding.")
     scale: float = opt(50.0, "Logit scale (1 / temperature) of the contrastive loss.", gt=0)

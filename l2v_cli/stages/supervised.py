@@ -1,13 +1,15 @@
 """`train-supervised`: contrastive training on (query, positive, hard negative) rows (LLM2Vec step 4).
 
-Queries carry their data set's instruction (attended to, excluded from pooling); every batch is
-drawn from one data set (so in-batch negatives are of the same kind); scale 50; optionally
-in-batch false negatives (another row's positive or hard negative equal to this row's positive)
-are masked out.
+Queries carry their data set's instruction (attended to, excluded from pooling), except a seeded
+share of them (`bare_queries`) that trains the no-prompt call users make of the export; every
+batch is drawn from one data set (so in-batch negatives are of the same kind); scale 50;
+optionally in-batch false negatives (another row's positive or hard negative equal to this row's
+positive) are masked out.
 """
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 from torch.utils.data import DataLoader
@@ -28,18 +30,36 @@ class EpochLoader(DataLoader):
         self.batch_sampler.set_epoch(epoch)
 
 
+def bare_query(query: str, share: float, seed: int) -> bool:
+    """Whether `query` trains without its instruction: a draw keyed on (seed, text), True for about
+    `share` of the queries and the same on every rank, epoch and resumed run."""
+    if share <= 0:
+        return False
+    digest = hashlib.blake2b(f"{seed}\0{query}".encode("utf-8"), digest_size=8).digest()
+    return int.from_bytes(digest, "little") / 2**64 < share
+
+
 class TripletCollator:
-    def __init__(self, encoder):
-        self.encoder = encoder
+    def __init__(self, encoder, bare_queries: float = 0.0, seed: int = 0):
+        self.encoder, self.bare_queries, self.seed = encoder, bare_queries, seed
+
+    def queries(self, rows) -> list:
+        """The queries tokenised with their data set's instruction, spelled as evaluation spells it
+        ("X: "; one data set, so one instruction, per batch), or bare for the `bare_queries` share."""
+        enc, instr = self.encoder, as_prefix(rows[0]["instruction"])
+        bare = [bare_query(r["query"], self.bare_queries, self.seed) for r in rows]
+        told = [r["query"] for r, b in zip(rows, bare) if not b]
+        plain = [r["query"] for r, b in zip(rows, bare) if b]
+        told = iter(enc.tokenize(told, instruction=instr) if told else [])
+        plain = iter(enc.tokenize(plain) if plain else [])
+        return [next(plain) if b else next(told) for b in bare]
 
     def __call__(self, rows):
         from l2v_cli.training.losses import text_ids
 
         enc = self.encoder
-        # One data set (so one instruction) per batch, spelled as evaluation spells it ("X: ").
-        instr = as_prefix(rows[0]["instruction"])
         return {
-            "q": enc.collate(enc.tokenize([r["query"] for r in rows], instruction=instr)),
+            "q": enc.collate(self.queries(rows)),
             "p": enc.collate(enc.tokenize([r["positive"] for r in rows])),
             "n": enc.collate(enc.tokenize([r["negative"] for r in rows])),
             "p_ids": text_ids([r["positive"] for r in rows]),
@@ -97,7 +117,7 @@ def train_supervised(recipe, input_model: str | Path, out: str | Path, *, resume
     args = build_training_args(cfg.train, out, bf16=dtype == torch.bfloat16, deepspeed=deepspeed,
                                seed=recipe.seed)
     trainer = SupervisedTrainer(model=model, args=args, train_dataset=ds,
-                                data_collator=TripletCollator(encoder),
+                                data_collator=TripletCollator(encoder, cfg.bare_queries, recipe.seed),
                                 stage_config=scfg,
                                 callbacks=[JsonlMetrics(out), RichProgress(f"{STAGE.title} {out.name}")])
     sizes = ds.sizes
