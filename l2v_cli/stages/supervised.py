@@ -9,7 +9,6 @@ positive) are masked out.
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
 from torch.utils.data import DataLoader
@@ -19,6 +18,7 @@ from l2v_cli.stages import registry
 from l2v_cli.stages.common import (finish_stage, load_training_model, prepare_stage_dir, read_chain,
                                    resolve_stage_recipe, stage_config, world_size, write_config)
 from l2v_cli.stages.contrastive import ContrastiveTrainer, setup_matryoshka
+from l2v_cli.training.losses import info_nce, stable_hash64, text_ids
 
 STAGE = registry.of_module(__name__)
 
@@ -35,8 +35,7 @@ def bare_query(query: str, share: float, seed: int) -> bool:
     `share` of the queries and the same on every rank, epoch and resumed run."""
     if share <= 0:
         return False
-    digest = hashlib.blake2b(f"{seed}\0{query}".encode("utf-8"), digest_size=8).digest()
-    return int.from_bytes(digest, "little") / 2**64 < share
+    return stable_hash64(f"{seed}\0{query}") / 2**64 < share
 
 
 class TripletCollator:
@@ -55,8 +54,6 @@ class TripletCollator:
         return [next(plain) if b else next(told) for b in bare]
 
     def __call__(self, rows):
-        from l2v_cli.training.losses import text_ids
-
         enc = self.encoder
         return {
             "q": enc.collate(self.queries(rows)),
@@ -77,8 +74,6 @@ class SupervisedTrainer(ContrastiveTrainer):
         return [inputs["q"], inputs["p"], inputs["n"]]
 
     def loss_from(self, embs, inputs):
-        from l2v_cli.training.losses import info_nce
-
         ids = {}
         if self.mask_false_negatives:
             ids = {"positive_ids": inputs["p_ids"], "negative_ids": inputs["n_ids"]}

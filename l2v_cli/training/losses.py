@@ -39,22 +39,23 @@ import torch.nn.functional as F
 
 from l2v_cli.training.gather import gather_no_grad, gather_with_grad, world_info
 
-__all__ = ["info_nce", "text_ids", "false_negative_mask_from_ids", "SIMCSE_SCALE",
+__all__ = ["info_nce", "text_ids", "stable_hash64", "false_negative_mask_from_ids", "SIMCSE_SCALE",
            "SUPERVISED_SCALE"]
 
 SIMCSE_SCALE = 20.0       # 1 / 0.05, LLM2Vec SimCSE stage
 SUPERVISED_SCALE = 50.0   # 1 / 0.02, LLM2Vec supervised stage
 
 
-def text_ids(texts: Sequence[str]) -> torch.Tensor:
-    """Stable int64 id per text (first 8 bytes of BLAKE2b of the UTF-8 text).
+def stable_hash64(text: str, signed: bool = False) -> int:
+    """First 8 bytes of BLAKE2b of the UTF-8 text as an integer: the same on every rank and run
+    (unlike Python's `hash()`, which is salted per process)."""
+    return int.from_bytes(hashlib.blake2b(text.encode("utf-8"), digest_size=8).digest(), "little", signed=signed)
 
-    Not Python's `hash()`: that is salted per process, so ids would differ between ranks and
-    runs. Equal texts get equal ids; unequal texts collide with probability ~n^2 / 2^64.
-    """
-    out = [int.from_bytes(hashlib.blake2b(t.encode("utf-8"), digest_size=8).digest(),
-                          "little", signed=True) for t in texts]
-    return torch.tensor(out, dtype=torch.int64)
+
+def text_ids(texts: Sequence[str]) -> torch.Tensor:
+    """Stable int64 id per text (`stable_hash64`). Equal texts get equal ids; unequal texts collide
+    with probability ~n^2 / 2^64."""
+    return torch.tensor([stable_hash64(t, signed=True) for t in texts], dtype=torch.int64)
 
 
 def false_negative_mask_from_ids(positive_ids: torch.Tensor, candidate_ids: torch.Tensor,
