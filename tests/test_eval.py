@@ -255,12 +255,51 @@ def test_cache_entries_are_atomic_npy_files_keyed_by_model_files(tiny, tiny_dir,
     third = CachedEncoder(tiny, root=tmp_path)
     third.encode(["a b c", "d e"], instruction="X: ")
     assert third.encoded == 2 and np.load(files[0]).shape == emb.shape
-    # touching the weights changes the fingerprint
-    fp = model_fingerprint(tiny_dir)
-    st = next(tiny_dir.glob("*.safetensors"))
-    os.utime(st, ns=(st.stat().st_atime_ns, st.stat().st_mtime_ns + 10**9))
-    assert model_fingerprint(tiny_dir) != fp
     assert EmbeddingCache.key({"a": 1}, None, ["x"]) != EmbeddingCache.key({"a": 1}, None, ["y"])
+
+
+def test_fingerprint_is_the_content_of_weights_config_and_tokenizer(tiny_dir, tmp_path):
+    """The same files in another folder (every run's copy of the base model) share cache entries;
+    a changed byte in the weights, the config or the tokenizer gives a new key; a touch does not."""
+    import shutil
+
+    fp = model_fingerprint(tiny_dir)
+    copy = shutil.copytree(tiny_dir, tmp_path / "copy")
+    assert model_fingerprint(copy) == fp
+    st = next(copy.glob("*.safetensors"))
+    os.utime(st, ns=(st.stat().st_atime_ns, st.stat().st_mtime_ns + 10**9))
+    assert model_fingerprint(copy) == fp  # same bytes
+    (copy / "unrelated-notes.json").write_text("{}")
+    assert model_fingerprint(copy) == fp  # a file the encoder never reads
+    data = bytearray(st.read_bytes())
+    data[-1] ^= 1  # one bit of the last weight
+    st.write_bytes(bytes(data))
+    assert model_fingerprint(copy) != fp  # the memo is keyed by size/mtime/inode, so it sees the rewrite
+    tok = tmp_path / "tok"
+    shutil.copytree(tiny_dir, tok)
+    cfg = tok / "tokenizer_config.json"
+    assert cfg.exists()
+    cfg.write_text(cfg.read_text().replace("{", '{"model_max_length": 7, ', 1))
+    assert model_fingerprint(tok) != fp
+    assert model_fingerprint(tmp_path / "missing") is None and model_fingerprint(None) is None
+
+
+def test_two_runs_from_one_model_share_the_baseline_rows(tiny_dir, tmp_path):
+    """`enable-bidir` writes the same bytes in every run folder, so the ablation's causal and
+    bidirectional baseline rows of a second run (or recipe) from the same model come from the
+    cache; a different model does not."""
+    from l2v_cli.stages.enable_bidir import enable_bidir
+
+    a, b = (tmp_path / "run1" / "01_enable-bidir", tmp_path / "run2" / "01_enable-bidir")
+    for out in (a, b):
+        enable_bidir(str(tiny_dir), out)  # with its probe, as a run does
+    assert model_fingerprint(a) == model_fingerprint(b)
+    first = evaluate(f"{a}@causal", "stsb", limit=8, dtype="float32", protocols="no-prompt")
+    second = evaluate(f"{b}@causal", "stsb", limit=8, dtype="float32", protocols="no-prompt")
+    assert first["tasks"]["stsb"]["no_prompt"]["encoded"] == 16
+    assert (second["tasks"]["stsb"]["no_prompt"]["encoded"], second["tasks"]["stsb"]["no_prompt"]["cached"]) == (0, 16)
+    other = save_tiny_model("qwen2", tmp_path / "other")
+    assert model_fingerprint(other) != model_fingerprint(a)
 
 
 # --------------------------------------------------------------------------- your own data by path
@@ -310,6 +349,22 @@ def test_classification_undersamples_like_mteb(tmp_path):
     big = get_task("banking77").load()
     e = big.experiments()
     assert all(len(c) == 8 * 77 for c in e) and e[0] != e[1]
+
+
+def test_a_limited_classification_task_still_trains_on_8_per_label():
+    """--limit shrinks the test split to N rows and the train pool to 16 rows per label, so each
+    experiment still fits on 8 examples of every label (as the full protocol), drawn afresh."""
+    full = get_task("banking77").load()
+    small = get_task("banking77", limit=300).load()
+    assert len(small.test_y) == 300 and len(full.test_y) == 3080
+    pool = {y: small.train_y.count(y) for y in set(full.train_y)}
+    assert len(pool) == 77 and set(pool.values()) == {16}
+    e = small.experiments()
+    assert all(len(c) == 8 * 77 for c in e) and e[0] != e[1]
+    assert set(small.train_x) <= set(full.train_x)
+    assert get_task("banking77", limit=300).load().train_x == small.train_x  # seeded
+    # control: the full train split has many more rows per label than the pool
+    assert min(full.train_y.count(y) for y in pool) > 16
 
 
 # --------------------------------------------------------------------------- bad layouts

@@ -3,8 +3,12 @@
 One `.npy` file per encode call, under `$L2V_CACHE/embeddings/` (default
 `~/.cache/l2v/embeddings/`), named by a SHA-256 of everything that determines the vectors:
 
-  model fingerprint   the model folder's absolute path, plus name, size and mtime of its
-                      config.json and every *.safetensors file (retraining in place → new key)
+  model fingerprint   SHA-256 of the bytes of the files that decide the vectors: config.json,
+                      every *.safetensors, the tokenizer files (or of the .gguf file). Content,
+                      not location: the same weights in another folder (the causal baseline of
+                      every run of one model) share entries; retraining in place gives a new key.
+                      A file's digest is memoised under `digests/` by (real path, size, mtime,
+                      inode), so a large model is read once, not at every evaluation.
   pooling, dtype, max_length, attention mode (bidirectional or causal, as actually loaded)
   instruction         the exact prefix string, or none
   texts               SHA-256 of the texts, in order
@@ -27,7 +31,7 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: content fingerprints
 
 
 def cache_dir() -> Path:
@@ -36,21 +40,57 @@ def cache_dir() -> Path:
     return cache_root() / "embeddings"
 
 
+MODEL_FILES = ("config.json", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
+               "added_tokens.json", "tokenizer.model", "vocab.json", "merges.txt")
+
+
+def file_digest(path: Path) -> str:
+    """SHA-256 of a file's bytes, memoised under the cache by (real path, size, mtime, inode):
+    unchanged files are hashed once. A memo that cannot be read or written is skipped."""
+    path = Path(path).resolve()
+    st = path.stat()
+    stamp = hashlib.sha256(f"{path}:{st.st_size}:{st.st_mtime_ns}:{st.st_ino}".encode()).hexdigest()[:32]
+    memo = cache_dir() / "digests" / stamp
+    try:
+        known = memo.read_text().strip()
+        if len(known) == 64:
+            return known
+    except OSError:
+        pass
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 22), b""):
+            h.update(chunk)
+    digest = h.hexdigest()
+    try:
+        memo.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=memo.parent, prefix=f".{stamp}.", suffix=".tmp")
+        with os.fdopen(fd, "w") as f:
+            f.write(digest)
+        os.replace(tmp, memo)
+    except OSError:
+        pass
+    return digest
+
+
 def model_fingerprint(path: str | Path | None) -> str | None:
-    """A short hash of the model folder's identity and weight files; None without a folder."""
+    """A short hash of the content of a model folder's weight, config and tokenizer files (or of
+    a single model file, e.g. a .gguf); None without one."""
     if path is None:
         return None
     p = Path(path).expanduser()
-    if not p.is_dir():
+    if p.is_file():
+        files = [p]
+    elif p.is_dir():
+        files = sorted({*(p / n for n in MODEL_FILES), *p.glob("*.safetensors")})
+    else:
         return None
-    p = p.resolve()
-    parts = [str(p)]
-    for f in sorted([p / "config.json", *p.glob("*.safetensors")]):
+    parts = []
+    for f in files:
         try:
-            st = f.stat()
-        except OSError:
+            parts.append(f"{f.name}:{file_digest(f)}" if p.is_dir() else file_digest(f))
+        except OSError:  # absent (most tokenizer files are optional)
             continue
-        parts.append(f"{f.name}:{st.st_size}:{st.st_mtime_ns}")
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]
 
 

@@ -31,6 +31,7 @@ from typing import Iterable, Sequence
 import numpy as np
 
 from l2v_cli.errors import L2VError
+from l2v_cli.eval.cache import model_fingerprint
 
 LLAMA_CPP_VERSION = "0.3.36"  # its llama.cpp reads {arch}.attention.causal for every architecture
 # AVX2 build, not -march=native: on AMX CPUs the native build crashed in q8_0 matmuls (see Makefile)
@@ -273,7 +274,7 @@ class GGUFEncoder:
         return f"gguf-{self.file_type}"
 
     def settings_for_cache(self) -> dict:
-        return {"model": _file_fingerprint(self.path), "pooling": self.pooling, "dtype": self.dtype,
+        return {"model": model_fingerprint(self.path), "pooling": self.pooling, "dtype": self.dtype,
                 "max_length": self.max_length, "bidirectional": self.bidirectional, "runtime": "llama.cpp",
                 "prefix": self.prefix}
 
@@ -335,14 +336,6 @@ class GGUFEncoder:
         return out
 
     __call__ = encode
-
-
-def _file_fingerprint(path: Path) -> str:
-    """Identity of the .gguf for the embedding cache: path, size, mtime (a rewrite -> new key)."""
-    import hashlib
-
-    st = path.stat()
-    return hashlib.sha256(f"{path.resolve()}:{st.st_size}:{st.st_mtime_ns}".encode()).hexdigest()[:16]
 
 
 def _file_type_name(ft) -> str:

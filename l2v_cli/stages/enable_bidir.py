@@ -23,7 +23,6 @@ before saving.
 
 from __future__ import annotations
 
-import datetime as _dt
 import gc
 import json
 import sys
@@ -194,9 +193,8 @@ def _enable_with(resolved, out: Path, attn_implementation: str, requested: str, 
         "attn_implementation": used_attn, "requested_attn_implementation": requested,
         **({"attn_choice": choice} if choice else {}),
         "dtype": save_dtype, "verified": verify, "probe": _probe_dict(probe), "reload_probe": None,
-        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "transformers": transformers.__version__, "torch": torch.__version__.split("+")[0],
-    }
+    }  # no timestamp: the same model gives the same bytes in every run (shared eval cache rows)
 
     reload_probe = None
     with atomic_dir(out, overwrite=overwrite) as tmp:
