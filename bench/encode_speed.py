@@ -38,7 +38,7 @@ def log(msg: str) -> None:
     print(f"bench[encode]: {msg}", file=sys.stderr, flush=True)
 
 
-def parse(argv: list[str]) -> argparse.Namespace:
+def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m bench.run encode", description=__doc__.splitlines()[0])
     p.add_argument("--model", default=None, help="model folder or alias (default: smollm2-135m, see docstring)")
     p.add_argument("--n", type=int, default=512, help="number of sentences")
@@ -48,8 +48,11 @@ def parse(argv: list[str]) -> argparse.Namespace:
                    "shared box, multi-thread runs mostly measure contention)")
     p.add_argument("--repeats", type=int, default=2, help="timed runs per system and thread count (median)")
     p.add_argument("--cache", default=os.environ.get("L2V_BENCH_CACHE", str(Path.home() / ".cache" / "l2v-bench")))
-    args, _unknown = p.parse_known_args(argv)
-    return args
+    return p
+
+
+def parse(argv: list[str]) -> argparse.Namespace:
+    return parser().parse_known_args(argv)[0]  # the other benchmarks' options are ignored
 
 
 # --------------------------------------------------------------------------- inputs

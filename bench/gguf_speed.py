@@ -36,7 +36,7 @@ def log(msg: str) -> None:
     print(f"bench[gguf]: {msg}", file=sys.stderr, flush=True)
 
 
-def parse(argv: list[str]) -> argparse.Namespace:
+def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m bench.run gguf", description=__doc__.splitlines()[0])
     p.add_argument("--model", default=None, help="bidirectional model folder (default: smollm2-135m via enable-bidir)")
     p.add_argument("--n", type=int, default=256, help="sentences for the speed run")
@@ -44,8 +44,11 @@ def parse(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--repeats", type=int, default=2)
     p.add_argument("--no-spearman", action="store_true", help="skip the STS-B evaluation")
     p.add_argument("--cache", default=os.environ.get("L2V_BENCH_CACHE", str(Path.home() / ".cache" / "l2v-bench")))
-    args, _ = p.parse_known_args(argv)
-    return args
+    return p
+
+
+def parse(argv: list[str]) -> argparse.Namespace:
+    return parser().parse_known_args(argv)[0]  # the other benchmarks' options are ignored
 
 
 def sentences(n: int) -> list[str]:

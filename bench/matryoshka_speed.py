@@ -22,7 +22,7 @@ def log(msg: str) -> None:
     print(f"[bench matryoshka] {msg}", file=sys.stderr, flush=True)
 
 
-def parse(argv):
+def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m bench.run matryoshka")
     p.add_argument("--model", default="smollm2-135m")
     p.add_argument("--steps", type=int, default=4, help="timed steps per variant (after one warm-up each)")
@@ -30,8 +30,11 @@ def parse(argv):
     p.add_argument("--simcse-len", type=int, default=64)
     p.add_argument("--dims", default="64,128,256,512,full")
     p.add_argument("--train-threads", type=int, default=1)
-    a, _ = p.parse_known_args(argv)
-    return a
+    return p
+
+
+def parse(argv: list[str]) -> argparse.Namespace:
+    return parser().parse_known_args(argv)[0]  # the other benchmarks' options are ignored
 
 
 def run(argv: list[str]) -> dict:

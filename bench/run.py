@@ -25,6 +25,7 @@ BENCHMARKS: dict[str, str] = {
     "train": "bench.train_speed",
     "gguf": "bench.gguf_speed",
     "matryoshka": "bench.matryoshka_speed",
+    "sampling": "bench.eval_sampling",
 }
 
 

@@ -21,7 +21,7 @@ def log(msg: str) -> None:
     print(f"[bench train] {msg}", file=sys.stderr, flush=True)
 
 
-def parse(argv):
+def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m bench.run train")
     p.add_argument("--model", default="smollm2-135m")
     p.add_argument("--steps", type=int, default=3, help="timed steps per variant (after one warm-up)")
@@ -30,8 +30,11 @@ def parse(argv):
     p.add_argument("--simcse-batch", type=int, default=16)
     p.add_argument("--simcse-len", type=int, default=64)
     p.add_argument("--train-threads", type=int, default=1)
-    a, _ = p.parse_known_args(argv)
-    return a
+    return p
+
+
+def parse(argv: list[str]) -> argparse.Namespace:
+    return parser().parse_known_args(argv)[0]  # the other benchmarks' options are ignored
 
 
 def _model(spec):
