@@ -282,6 +282,9 @@ def test_fingerprint_is_the_content_of_weights_config_and_tokenizer(tiny_dir, tm
     cfg.write_text(cfg.read_text().replace("{", '{"model_max_length": 7, ', 1))
     assert model_fingerprint(tok) != fp
     assert model_fingerprint(tmp_path / "missing") is None and model_fingerprint(None) is None
+    (tmp_path / "no-weights").mkdir()
+    (tmp_path / "no-weights" / "config.json").write_text("{}")
+    assert model_fingerprint(tmp_path / "no-weights") is None  # nothing to key on: no caching
 
 
 def test_two_runs_from_one_model_share_the_baseline_rows(tiny_dir, tmp_path):

@@ -62,6 +62,7 @@ def file_digest(path: Path) -> str:
         for chunk in iter(lambda: f.read(1 << 22), b""):
             h.update(chunk)
     digest = h.hexdigest()
+    tmp = None
     try:
         memo.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=memo.parent, prefix=f".{stamp}.", suffix=".tmp")
@@ -69,19 +70,21 @@ def file_digest(path: Path) -> str:
             f.write(digest)
         os.replace(tmp, memo)
     except OSError:
-        pass
+        if tmp is not None and os.path.exists(tmp):
+            os.unlink(tmp)
     return digest
 
 
 def model_fingerprint(path: str | Path | None) -> str | None:
     """A short hash of the content of a model folder's weight, config and tokenizer files (or of
-    a single model file, e.g. a .gguf); None without one."""
+    a single model file, e.g. a .gguf); None (no caching) without one, or for a folder with no
+    *.safetensors (nothing to tell its weights apart by)."""
     if path is None:
         return None
     p = Path(path).expanduser()
     if p.is_file():
         files = [p]
-    elif p.is_dir():
+    elif p.is_dir() and any(p.glob("*.safetensors")):
         files = sorted({*(p / n for n in MODEL_FILES), *p.glob("*.safetensors")})
     else:
         return None
