@@ -368,6 +368,8 @@ def test_a_limited_classification_task_still_trains_on_8_per_label():
     assert get_task("banking77", limit=300).load().train_x == small.train_x  # seeded
     # control: the full train split has many more rows per label than the pool
     assert min(full.train_y.count(y) for y in pool) > 16
+    # a limit at or above the train split's size keeps all of it, as for every other task kind
+    assert get_task("banking77", limit=len(full.train_y)).load().train_x == full.train_x
 
 
 # --------------------------------------------------------------------------- bad layouts

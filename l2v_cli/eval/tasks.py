@@ -368,8 +368,9 @@ class ClassificationTask(Task):
         return self
 
     def _train_pool(self, labels: list[str]) -> list[int]:
-        """All train rows; with `limit`, `pool_per_label` seeded random rows of each label."""
-        if self.limit is None:
+        """All train rows; with a `limit` below their number, `pool_per_label` seeded random rows
+        of each label."""
+        if self.limit is None or self.limit >= len(labels):
             return list(range(len(labels)))
         by_label: dict[str, list[int]] = defaultdict(list)
         for i, y in enumerate(labels):
