@@ -112,11 +112,10 @@ def run(argv: list[str]) -> dict:
                                  "metric": p["main_metric"], "score": round(p[p["main_metric"]], 2),
                                  "n": p["n"], **({"docs": p["docs"]} if "docs" in p else {})})
         del enc
+    full = {(r["model"], r["task"], r["protocol"]): r["score"] for r in rows if r["limit"] is None}
     for r in rows:  # Δ against the same model's full-set score
         if r["limit"] is not None:
-            full = next(f["score"] for f in rows if f["limit"] is None and
-                        (f["model"], f["task"], f["protocol"]) == (r["model"], r["task"], r["protocol"]))
-            r["delta"] = round(r["score"] - full, 2)
+            r["delta"] = round(r["score"] - full[r["model"], r["task"], r["protocol"]], 2)
     return {"threads": a.threads, "dtype": a.dtype, "sample_sizes": sizes, "models": models,
             "summary": summarise(rows), "rows": rows, "evaluations": calls,
             "encoded": sum(c["encoded"] for c in calls), "cached": sum(c["cached"] for c in calls)}

@@ -6,8 +6,8 @@
 
 Adding a benchmark: write `bench/<module>.py` with `parser()` (its argparse options) and
 `run(argv: list[str]) -> dict` (parse argv with `parser().parse_known_args`, ignore the rest: all
-options go to every selected benchmark) and list it in BENCHMARKS below. Progress and notes go to stderr; only the final JSON
-goes to stdout, so `python -m bench.run > results.json` works.
+options go to every selected benchmark) and list it in BENCHMARKS below. Progress and notes go
+to stderr; only the final JSON goes to stdout, so `python -m bench.run > results.json` works.
 """
 
 from __future__ import annotations

@@ -27,7 +27,7 @@ import json
 import os
 import tempfile
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import BinaryIO, Callable, Iterable, Sequence
 
 import numpy as np
 
@@ -38,6 +38,27 @@ def cache_dir() -> Path:
     from l2v_cli.modeling.aliases import cache_root
 
     return cache_root() / "embeddings"
+
+
+def write_atomic(path: Path, write: Callable[[BinaryIO], object]) -> bool:
+    """`write(f)` into a temp file beside PATH, then rename it onto PATH: a crash or a parallel
+    writer never leaves a half-written file. False (and no temp file left) where the folder
+    cannot be written: a cache that cannot be written is skipped, never fatal."""
+    tmp = None
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                write(f)
+            os.replace(tmp, path)
+        except BaseException:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+            raise
+    except OSError:
+        return False
+    return True
 
 
 MODEL_FILES = ("config.json", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
@@ -62,16 +83,7 @@ def file_digest(path: Path) -> str:
         for chunk in iter(lambda: f.read(1 << 22), b""):
             h.update(chunk)
     digest = h.hexdigest()
-    tmp = None
-    try:
-        memo.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=memo.parent, prefix=f".{stamp}.", suffix=".tmp")
-        with os.fdopen(fd, "w") as f:
-            f.write(digest)
-        os.replace(tmp, memo)
-    except OSError:
-        if tmp is not None and os.path.exists(tmp):
-            os.unlink(tmp)
+    write_atomic(memo, lambda f: f.write(digest.encode()))
     return digest
 
 
@@ -88,10 +100,11 @@ def model_fingerprint(path: str | Path | None) -> str | None:
         files = sorted({*(p / n for n in MODEL_FILES), *p.glob("*.safetensors")})
     else:
         return None
+    named = p.is_dir()  # a folder: each digest under its file name
     parts = []
     for f in files:
         try:
-            parts.append(f"{f.name}:{file_digest(f)}" if p.is_dir() else file_digest(f))
+            parts.append(f"{f.name}:{file_digest(f)}" if named else file_digest(f))
         except OSError:  # absent (most tokenizer files are optional)
             continue
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]
@@ -154,20 +167,8 @@ class EmbeddingCache:
     def put(self, key: str, model: str | None, arr: np.ndarray) -> Path | None:
         """Write atomically; a cache that cannot be written is skipped, never fatal."""
         p = self.path(key, model)
-        try:
-            p.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=p.parent, prefix=f".{p.stem}.", suffix=".tmp")
-            try:
-                with os.fdopen(fd, "wb") as f:
-                    np.save(f, np.ascontiguousarray(arr, dtype=np.float32), allow_pickle=False)
-                os.replace(tmp, p)
-            except BaseException:
-                if os.path.exists(tmp):
-                    os.unlink(tmp)
-                raise
-        except OSError:
-            return None
-        return p
+        ok = write_atomic(p, lambda f: np.save(f, np.ascontiguousarray(arr, dtype=np.float32), allow_pickle=False))
+        return p if ok else None
 
 
 class CachedEncoder:
